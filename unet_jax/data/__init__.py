@@ -1,0 +1,1 @@
+"""Datasets: readers for local files, TFDS builders and the loader."""
