@@ -1,0 +1,35 @@
+"""Trains the U-Net (the main job). Offline on a fresh CPU machine it trains on the embedded
+synthetic-cells dataset; flags scale it to several GPUs and SLURM nodes.
+
+    python -m experiments.unet_segment --workdir runs/
+    python -m experiments.unet_segment --workdir runs/isbi --config experiments/configs/isbi2012.py \
+        --config.data.data_dir ../shared/data/isbi2012
+    python -m experiments.unet_segment --workdir runs/ --config.num_steps=200 --config.parallel=mesh
+
+A rerun on the same workdir resumes from its last checkpoint.
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from unet_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).", required=True)
+config_flags.DEFINE_config_file("config", "experiments/configs/default.py",
+                                "Config file (path[:variant]); override fields with --config.x=y.",
+                                lock_config=True)
+
+
+def main(argv):
+    del argv
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (train.NonFiniteLoss, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

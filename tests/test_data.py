@@ -1,0 +1,246 @@
+"""TFDS builders without TensorFlow, the grain loader and on-device augmentation."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from unet_jax.data import augment, builders, loader
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_image_folder(root: Path):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    img16 = rng.integers(0, 4000, (40, 48), dtype=np.uint16)
+    tifffile.imwrite(root / "images" / "a.tif", img16)
+    mask = np.zeros((40, 48), np.uint8)
+    mask[5:20, 5:20] = 255
+    mask[22:35, 25:40] = 255
+    Image.fromarray(mask).save(root / "masks" / "a.png")
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "images" / "b.jpg")
+    Image.fromarray((mask > 0).astype(np.uint8)).save(root / "masks" / "b.png")
+
+
+def test_every_builder_prepares_and_reads_without_tensorflow(tmp_path, isbi_dir, dsb_dir):
+    folder = tmp_path / "folder"
+    _write_image_folder(folder)
+    script = textwrap.dedent(f"""
+        import importlib.abc, json, sys
+
+        class Hide(importlib.abc.MetaPathFinder):  # TensorFlow is invisible even if installed
+            def __init__(self, inner):
+                self.inner = inner
+            def find_spec(self, name, path=None, target=None):
+                if name == "tensorflow" or name.startswith("tensorflow."):
+                    return None
+                return self.inner.find_spec(name, path, target)
+
+        sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
+        try:
+            import tensorflow
+            raise SystemExit("tensorflow importable")
+        except ImportError:
+            pass
+        from unet_jax.data import builders
+        out = {{}}
+        for name, src, opts in [("synthetic_cells", "", dict(size=64, num_train=3, num_test=2)),
+                                ("isbi2012", {str(isbi_dir)!r}, {{}}),
+                                ("nuclei_dsb", {str(dsb_dir)!r}, dict(channels=3)),
+                                ("image_folder", {str(folder)!r}, {{}})]:
+            ds = builders.load(name, {str(tmp_path / 'tfds')!r}, src, **opts)
+            ex = ds["train"][0]
+            out[name] = {{"len": {{k: len(v) for k, v in ds.items()}},
+                         "image": list(ex["image"].shape), "labels": list(ex["labels"].shape),
+                         "weights_max": float(ex["weights"].max()), "inst_max": int(ex["instances"].max()),
+                         "image_range": [float(ex["image"].min()), float(ex["image"].max())],
+                         "label_values": sorted(set(ex["labels"].ravel().tolist()))}}
+        print("RESULT" + json.dumps(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT")[1])
+    assert out["synthetic_cells"]["len"] == {"train": 3, "test": 2}
+    assert out["synthetic_cells"]["image"] == [64, 64, 1] and out["synthetic_cells"]["inst_max"] > 3
+    assert out["isbi2012"]["len"] == {"train": 25} and out["isbi2012"]["image"] == [512, 512, 1]
+    assert out["isbi2012"]["weights_max"] > 5  # borders between touching cells
+    assert out["nuclei_dsb"]["len"] == {"train": 12} and out["nuclei_dsb"]["image"][2] == 3
+    assert out["nuclei_dsb"]["inst_max"] > 1
+    assert out["image_folder"]["len"] == {"train": 2} and out["image_folder"]["label_values"] == [0, 1]
+    for v in out.values():
+        assert 0 <= v["image_range"][0] <= v["image_range"][1] <= 1
+
+
+def test_isbi_split_keeps_slice_order(tmp_path, isbi_dir):
+    sources = builders.load("isbi2012", tmp_path, str(isbi_dir), splits=("train[:20]", "train[20:]"))
+    assert len(sources["train[:20]"]) == 20 and len(sources["train[20:]"]) == 5
+    assert sources["train[20:]"][0]["name"] in (b"20.png", "20.png")
+
+
+@pytest.mark.parametrize("breakage,match", [
+    ("size", "mask a.png is 40x47, image a.tif is 40x48"),
+    ("orphan_mask", "c.png: mask has no image"),
+    ("empty", "a.tif: empty file"),
+    ("garbage", "a.tif: not a readable image"),
+    ("classes", "a.png: mask values 0..7 outside the class range"),
+])
+def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, breakage, match):
+    folder = tmp_path / "folder"
+    _write_image_folder(folder)
+    good_tif = (folder / "images" / "a.tif").read_bytes()
+    good_mask = (folder / "masks" / "a.png").read_bytes()
+    if breakage == "size":
+        Image.fromarray(np.zeros((40, 47), np.uint8)).save(folder / "masks" / "a.png")
+    elif breakage == "orphan_mask":
+        Image.fromarray(np.zeros((40, 48), np.uint8)).save(folder / "masks" / "c.png")
+    elif breakage == "empty":
+        (folder / "images" / "a.tif").write_bytes(b"")
+    elif breakage == "garbage":
+        (folder / "images" / "a.tif").write_bytes(b"not a tiff at all")
+    elif breakage == "classes":
+        bad = np.full((40, 48), 7, np.uint8)
+        bad[:5] = 0
+        Image.fromarray(bad).save(folder / "masks" / "a.png")
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(ValueError, match=match):
+        builders.load("image_folder", data_dir, str(folder))
+    leftovers = list((data_dir / "image_folder").glob("*")) if (data_dir / "image_folder").exists() else []
+    assert leftovers == []
+    # fix the file and prepare again
+    (folder / "images" / "a.tif").write_bytes(good_tif)
+    (folder / "masks" / "a.png").write_bytes(good_mask)
+    (folder / "masks" / "c.png").unlink(missing_ok=True)
+    assert len(builders.load("image_folder", data_dir, str(folder))["train"]) == 2
+
+
+# ------------------------------------------------------------------ loader
+def _id_source(n, size=8):
+    """Examples whose image is constant = their id (so a tile identifies its example)."""
+    return [{"image": np.full((size, size, 1), i, np.float32), "labels": np.zeros((size, size), np.uint8),
+             "weights": np.ones((size, size), np.float32)} for i in range(n)]
+
+
+def _ids(it, batches):
+    return [int(v) for _ in range(batches) for v in next(it)["image"][:, 0, 0, 0]]
+
+
+def test_loader_deterministic_with_a_new_order_every_epoch():
+    src = _id_source(12)
+    tile = loader.TileConfig(out_size=8)
+    first = _ids(iter(loader.make_train_loader(src, tile, 4, seed=5)), 6)  # two epochs
+    again = _ids(iter(loader.make_train_loader(src, tile, 4, seed=5)), 6)
+    other = _ids(iter(loader.make_train_loader(src, tile, 4, seed=6)), 3)
+    assert first == again
+    assert sorted(first[:12]) == sorted(first[12:]) == list(range(12))
+    assert first[:12] != first[12:]
+    assert other != first[:12]
+
+
+def test_two_processes_get_disjoint_covering_shards():
+    src = _id_source(10)
+    tile = loader.TileConfig(out_size=8)
+    seen = []
+    for p in range(2):
+        it = iter(loader.make_train_loader(src, tile, 5, seed=0, process_index=p, process_count=2))
+        b = next(it)
+        assert list(b["index"]) == list(range(5 * p, 5 * p + 5))
+        seen.append(set(int(v) for v in b["image"][:, 0, 0, 0]))
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(10))
+
+
+def test_restored_iterator_state_continues_with_the_next_batches():
+    src = _id_source(9, size=16)
+    tile = loader.TileConfig(out_size=8, context=2, foreground_prob=0.0)
+    it = iter(loader.make_train_loader(src, tile, 2, seed=1))
+    for _ in range(4):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))  # saved as JSON in checkpoints
+    expected = [next(it) for _ in range(3)]
+    it2 = iter(loader.make_train_loader(src, tile, 2, seed=1))
+    it2.set_state(state)
+    for e in expected:
+        got = next(it2)
+        for k in e:
+            np.testing.assert_array_equal(got[k], e[k])
+
+
+@pytest.mark.parametrize("mode", ["reflect", "symmetric"])
+@pytest.mark.parametrize("c", [3, 10, 25])
+def test_mirrored_context_matches_numpy_pad(mode, c):
+    a = np.random.default_rng(0).normal(size=(12, 9, 2))
+    np.testing.assert_array_equal(loader.mirror_pad(a, c, mode), np.pad(a, ((c, c), (c, c), (0, 0)), mode=mode))
+    ex = {"image": a[:9, :9, :1].astype(np.float32), "labels": (a[:9, :9, 0] > 0).astype(np.uint8),
+          "weights": a[:9, :9, 1].astype(np.float32)}
+    tile = loader.random_tile(ex, np.random.default_rng(0), loader.TileConfig(out_size=9, context=c, mirror=mode))
+    np.testing.assert_array_equal(tile["image"], np.pad(ex["image"], ((c, c), (c, c), (0, 0)), mode=mode))
+    np.testing.assert_array_equal(tile["labels"], np.pad(ex["labels"], c, mode=mode))
+
+
+def test_tile_smaller_image_is_an_error():
+    with pytest.raises(ValueError, match="smaller than the 16x16 training tile"):
+        loader.random_tile(_id_source(1, size=8)[0], np.random.default_rng(0), loader.TileConfig(out_size=16))
+
+
+# ------------------------------------------------------------------ augmentation
+def test_zero_displacement_is_the_identity():
+    rng = np.random.default_rng(0)
+    image = jnp.asarray(rng.random((20, 20, 2)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 3, (20, 20)), jnp.int32)
+    weights = jnp.asarray(rng.random((20, 20)), jnp.float32)
+    zero = jnp.zeros((20, 20, 2))
+    np.testing.assert_allclose(augment.warp(image, zero, 1), image, atol=1e-6)
+    np.testing.assert_array_equal(augment.warp(labels.astype(jnp.float32), zero, 0), labels)
+    out = augment.elastic(jax.random.key(0), image, labels, weights, sigma=0.0)
+    np.testing.assert_allclose(out[0], image, atol=1e-6)
+    np.testing.assert_array_equal(out[1], labels)
+    np.testing.assert_allclose(out[2], weights, atol=1e-6)
+
+
+def test_deformed_labels_follow_the_deformed_image():
+    """Label = a function of the image value (so of position). Sampling the image at the
+    deformed positions with the same (nearest) rule must give exactly the warped labels, and
+    the bilinear image output must be the image sampled at those positions."""
+    n = 64
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    image = (0.5 + 0.45 * np.sin(2 * np.pi * yy) * np.cos(2 * np.pi * xx)).astype(np.float32)
+    labels = np.floor(image * 4).astype(np.int32)
+    key = jax.random.key(3)
+    img2, lab2, w2 = jax.jit(augment.elastic, static_argnums=(4, 5))(
+        key, jnp.asarray(image[..., None]), jnp.asarray(labels), jnp.asarray(image), 3, 10.0)
+    disp = augment.displacement_field(key, (n, n), 3, 10.0)
+    assert float(jnp.abs(disp).max()) > 3  # a real deformation
+    nearest_image = np.asarray(augment.warp(jnp.asarray(image), disp, 0))
+    np.testing.assert_array_equal(np.asarray(lab2), np.floor(nearest_image * 4).astype(np.int32))
+    assert np.mean(np.asarray(lab2) != labels) > 0.05
+    # the image and the weight map (here the same array) follow the same bilinear sampling
+    from scipy.ndimage import map_coordinates
+    coords = [np.mgrid[0:n, 0:n][0] + np.asarray(disp[..., 0]), np.mgrid[0:n, 0:n][1] + np.asarray(disp[..., 1])]
+    ref = map_coordinates(image, coords, order=1, mode="mirror")
+    np.testing.assert_allclose(np.asarray(img2)[..., 0], ref, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(w2), ref, atol=1e-4)
+
+
+def test_augmentation_is_keyed_by_example_index():
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.random((4, 16, 16, 1)).astype(np.float32),
+             "labels": rng.integers(0, 2, (4, 16, 16)).astype(np.int32),
+             "weights": rng.random((4, 16, 16)).astype(np.float32), "index": np.arange(4, dtype=np.int32)}
+    f = jax.jit(augment.augment_batch)
+    whole = f(jax.random.key(1), batch)
+    half = f(jax.random.key(1), {k: v[2:] for k, v in batch.items()})
+    for k in ("image", "labels", "weights"):
+        np.testing.assert_allclose(whole[k][2:], half[k], atol=1e-6)
+    assert not np.allclose(whole["image"], batch["image"])
+    # geometric transforms keep labels valid and weights positive
+    assert set(np.unique(whole["labels"])) <= {0, 1} and float(whole["weights"].min()) >= 0

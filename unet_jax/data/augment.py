@@ -1,0 +1,111 @@
+"""Augmentation as pure JAX functions (jittable, per-example rng, run on the accelerator).
+
+The paper's elastic deformation (Ronneberger et al. 2015, sec. 3.1): random displacement
+vectors on a coarse 3x3 grid, drawn from a Gaussian with 10 pixels standard deviation, turned
+into per-pixel displacements by bicubic interpolation, and applied identically to the image
+(bilinear), the labels (nearest) and the weight map (bilinear). Plus random flips and 90 degree
+rotations, and grey-value changes (brightness, contrast, gamma). Shifts and crops are the
+loader's random tiles (:mod:`unet_jax.data.loader`).
+
+One example: image [H, W, C], labels [H, W], weights [H, W] with H == W.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax.scipy import ndimage as jndi
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    elastic_sigma: float = 10.0  # std of the coarse displacement vectors (pixels); 0 disables
+    elastic_grid: int = 3  # coarse grid points per axis
+    flips: bool = True  # random horizontal / vertical flips
+    rot90: bool = True  # random multiples of 90 degrees (square tiles)
+    brightness: float = 0.1  # additive shift ~ U(-b, b)
+    contrast: float = 0.2  # factor ~ U(1 - c, 1 + c) around the mean
+    gamma: float = 0.3  # exponent ~ exp(U(-g, g))
+
+
+def displacement_field(rng, shape, grid: int = 3, sigma: float = 10.0):
+    """Per-pixel displacements [H, W, 2]: Gaussian vectors on a ``grid`` x ``grid`` lattice,
+    bicubically interpolated to the image."""
+    coarse = sigma * jax.random.normal(rng, (grid, grid, 2))
+    return jax.image.resize(coarse, (shape[0], shape[1], 2), "cubic")
+
+
+def warp(x, disp, order: int):
+    """Samples ``x`` [H, W] or [H, W, C] at (y + dy, x + dx), mirrored at the borders.
+
+    order 0: nearest (labels); 1: bilinear (images, weights).
+    """
+    h, w = disp.shape[:2]
+    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                          indexing="ij")
+    coords = [yy + disp[..., 0], xx + disp[..., 1]]
+    if x.ndim == 2:
+        return jndi.map_coordinates(x, coords, order=order, mode="mirror")
+    return jnp.stack([jndi.map_coordinates(x[..., c], coords, order=order, mode="mirror")
+                      for c in range(x.shape[-1])], -1)
+
+
+def elastic(rng, image, labels, weights, grid: int = 3, sigma: float = 10.0):
+    """The same smooth deformation applied to image, labels (nearest) and weights."""
+    disp = displacement_field(rng, labels.shape, grid, sigma)
+    warped_labels = warp(labels.astype(jnp.float32), disp, 0).astype(labels.dtype)
+    return warp(image, disp, 1), warped_labels, warp(weights, disp, 1)
+
+
+def _geometric(rng, arrays, flips: bool, rot90: bool):
+    kf, kr = jax.random.split(rng)
+    flip = jax.random.bernoulli(kf, 0.5, (2,)) & flips
+    k = jax.random.randint(kr, (), 0, 4) * rot90
+
+    def apply(a):
+        a = jnp.where(flip[0], jnp.flip(a, 0), a)
+        a = jnp.where(flip[1], jnp.flip(a, 1), a)
+        return jax.lax.switch(k, [lambda z, r=r: jnp.rot90(z, r, axes=(0, 1)) for r in range(4)], a)
+
+    return [apply(a) for a in arrays]
+
+
+def grey_values(rng, image, brightness: float, contrast: float, gamma: float):
+    """Brightness, contrast and gamma changes, clipped to [0, 1]."""
+    kb, kc, kg = jax.random.split(rng, 3)
+    b = jax.random.uniform(kb, (), minval=-brightness, maxval=brightness)
+    c = jax.random.uniform(kc, (), minval=1 - contrast, maxval=1 + contrast)
+    g = jnp.exp(jax.random.uniform(kg, (), minval=-gamma, maxval=gamma))
+    mean = jnp.mean(image)
+    image = jnp.clip((image - mean) * c + mean + b, 0.0, 1.0)
+    return image ** g
+
+
+def augment_example(rng, image, labels, weights, cfg: AugmentConfig = AugmentConfig()):
+    """One example through elastic deformation, flips / rotations and grey-value changes."""
+    ke, kg, kv = jax.random.split(rng, 3)
+    if cfg.elastic_sigma > 0:
+        image, labels, weights = elastic(ke, image, labels, weights, cfg.elastic_grid, cfg.elastic_sigma)
+    if cfg.flips or cfg.rot90:
+        if image.shape[0] != image.shape[1] and cfg.rot90:
+            raise ValueError(f"rot90 augmentation needs square tiles, got {image.shape[:2]}")
+        image, labels, weights = _geometric(kg, [image, labels, weights], cfg.flips, cfg.rot90)
+    if cfg.brightness or cfg.contrast or cfg.gamma:
+        image = grey_values(kv, image, cfg.brightness, cfg.contrast, cfg.gamma)
+    return image, labels, weights
+
+
+def augment_batch(rng, batch: dict, cfg: AugmentConfig = AugmentConfig()) -> dict:
+    """Augments every example of ``batch`` with key fold_in(rng, batch['index'][i]), so the
+    result does not depend on how the batch is split over devices.
+
+    Per-example keys are threefry keys (whose values under ``vmap`` do not depend on the batch
+    size, unlike ``rbg``), seeded from ``rng``.
+    """
+    seed = jax.random.randint(rng, (), 0, jnp.iinfo(jnp.int32).max)
+    base = jax.random.key(seed, impl="threefry2x32")
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(batch["index"])
+    image, labels, weights = jax.vmap(lambda k, x, y, w: augment_example(k, x, y, w, cfg))(
+        keys, batch["image"], batch["labels"], batch["weights"])
+    return {**batch, "image": image, "labels": labels, "weights": weights}

@@ -1,0 +1,266 @@
+"""TFDS builders (array_record files, read through ``tfds`` data sources; TensorFlow is NOT
+needed to prepare or read them).
+
+Every example holds:
+  ``image``     [H, W, C] float32 in [0, 1]
+  ``labels``    [H, W] uint8 class ids (0 = background)
+  ``instances`` [H, W] int32 cell ids (0 = none; all zero where instances are unknown)
+  ``weights``   [H, W] float32, the U-Net weight map (Ronneberger et al. 2015, eq. 2)
+  ``name``      the source file or seed
+
+Builders: ``synthetic_cells`` (embedded default), ``isbi2012``, ``nuclei_dsb``,
+``image_folder``. Local folders are given as ``source_dir``. Every input file is read and
+checked before anything is written, and a failed preparation removes its partial output,
+so a rerun after fixing the file succeeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+from scipy import ndimage
+
+from unet_jax import losses
+from unet_jax.data import readers, synthetic
+
+BUILDERS = ("synthetic_cells", "isbi2012", "nuclei_dsb", "image_folder")
+
+
+def _features(channels: int) -> tfds.features.FeaturesDict:
+    t = tfds.features.Tensor
+    return tfds.features.FeaturesDict({
+        "image": t(shape=(None, None, channels), dtype=np.float32, encoding="zlib"),
+        "labels": t(shape=(None, None), dtype=np.uint8, encoding="zlib"),
+        "instances": t(shape=(None, None), dtype=np.int32, encoding="zlib"),
+        "weights": t(shape=(None, None), dtype=np.float32, encoding="zlib"),
+        "name": tfds.features.Text(),
+    })
+
+
+def make_example(image, labels, instances, name: str, w0: float, sigma: float, known: bool = True):
+    """Assembles one example; the weight map comes from the instances (or the foreground's
+    connected components where instances are unknown)."""
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+        image = image[..., None]
+    inst = instances if known else ndimage.label(labels > 0)[0]
+    return {"image": image, "labels": labels.astype(np.uint8),
+            "instances": (instances if known else np.zeros_like(labels)).astype(np.int32),
+            "weights": losses.weight_map(inst, w0, sigma), "name": name}
+
+
+def normalise(arr: np.ndarray) -> np.ndarray:
+    """uint8 -> /255; other types (16-bit microscopy, float) -> percentiles 1 / 99.8 to 0 / 1."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    a = arr.astype(np.float64)
+    lo, hi = np.percentile(a, (1, 99.8))
+    return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
+
+
+def to_channels(arr: np.ndarray, channels: int, path) -> np.ndarray:
+    """[H, W] or [H, W, C] -> [H, W, channels] (grey <-> RGB; alpha dropped)."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"{path}: expected a 2-D image (optionally with channels), got shape {arr.shape}")
+    arr = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
+    if channels == 1 and arr.shape[-1] == 3:
+        return arr.mean(-1, keepdims=True)
+    if channels == 3 and arr.shape[-1] == 1:
+        return np.repeat(arr, 3, -1)
+    return arr
+
+
+@dataclasses.dataclass
+class CellsConfig(tfds.core.BuilderConfig):
+    """Options shared by the builders. ``source_dir``'s path is part of the config name."""
+
+    source_dir: str = ""
+    size: int = 256  # synthetic_cells: image size
+    num_train: int = 48  # synthetic_cells: training images
+    num_test: int = 16  # synthetic_cells: held-out images
+    channels: int = 1  # nuclei_dsb / image_folder: 1 (grey) or 3 (RGB)
+    num_classes: int = 2  # image_folder: classes in the masks
+    w0: float = 10.0  # weight map border weight
+    sigma: float = 5.0  # weight map border width (pixels)
+
+
+class _Base(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIG_CLASS = CellsConfig
+
+    def _info(self):
+        return self.dataset_info_from_configs(features=_features(self.builder_config.channels),
+                                             disable_shuffling=True)  # keep file / slice order
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {split: self._generate_examples(examples)
+                for split, examples in self._read_all().items()}
+
+    def _generate_examples(self, examples):
+        for key, ex in examples:
+            yield key, ex
+
+    def _read_all(self) -> dict:
+        raise NotImplementedError
+
+
+class SyntheticCells(_Base):
+    """Procedural touching cells (see :mod:`unet_jax.data.synthetic`); deterministic per seed
+    and split (train seeds 0.., test seeds 1_000_000..)."""
+
+    def _read_all(self):
+        c = self.builder_config
+
+        def examples(first, n):
+            for seed in range(first, first + n):
+                s = synthetic.generate(seed, c.size)
+                yield str(seed), make_example(s["image"], s["labels"], s["instances"],
+                                              f"seed {seed}", c.w0, c.sigma)
+
+        return {"train": examples(0, c.num_train), "test": examples(1_000_000, c.num_test)}
+
+
+class Isbi2012(_Base):
+    """ISBI 2012 slices from ``train-volume.tif`` + ``train-labels.tif`` or ``images/`` +
+    ``labels/`` PNGs (255 = cell, 0 = membrane). One ``train`` split in slice order: take
+    slices with TFDS slicing, e.g. ``train[:20]`` and ``train[20:]``."""
+
+    def _read_all(self):
+        c = self.builder_config
+        images, masks, names = readers.read_isbi2012(c.source_dir)
+        exs = [(f"{i:04d}", make_example(img, m, None, n, c.w0, c.sigma, known=False))
+               for i, (img, m, n) in enumerate(zip(images, masks, names))]
+        return {"train": exs}
+
+
+class NucleiDsb(_Base):
+    """2018 Data Science Bowl layout: ``<id>/images/<id>.png`` and ``<id>/masks/*.png`` (one
+    binary mask per nucleus) -> image + instance map (nuclei 1..N, in mask-file order)."""
+
+    def _read_all(self):
+        c = self.builder_config
+        root = Path(c.source_dir)
+        if not root.is_dir():
+            raise ValueError(f"source_dir {root} is not a directory (DSB 2018 layout expected)")
+        exs = []
+        for sample in sorted(p for p in root.iterdir() if p.is_dir()):
+            img_path = sample / "images" / f"{sample.name}.png"
+            image = to_channels(normalise(readers.read_image(img_path)), c.channels, img_path)
+            masks = sorted((sample / "masks").glob("*.png"))
+            if not masks:
+                raise ValueError(f"{sample / 'masks'}: no mask files for image {img_path.name}")
+            inst = np.zeros(image.shape[:2], np.int32)
+            for i, mp in enumerate(masks, start=1):
+                m = readers.read_image(mp)
+                if m.ndim == 3:
+                    m = m[..., 0]
+                if m.shape != inst.shape:
+                    raise ValueError(f"mask {mp.name} is {m.shape[0]}x{m.shape[1]}, image "
+                                     f"{img_path.name} is {inst.shape[0]}x{inst.shape[1]}")
+                inst[(m > 0) & (inst == 0)] = i
+            exs.append((sample.name, make_example(image, (inst > 0).astype(np.uint8), inst,
+                                                  sample.name, c.w0, c.sigma)))
+        if not exs:
+            raise ValueError(f"source_dir {root}: no <id>/images/<id>.png samples found")
+        return {"train": exs}
+
+
+class ImageFolder(_Base):
+    """A user's ``images/`` and ``masks/`` folders (PNG, TIFF incl. 16-bit, JPEG), paired by
+    file stem. Masks hold class ids 0..K-1, or 0/255 for a binary mask."""
+
+    def _read_all(self):
+        c = self.builder_config
+        root = Path(c.source_dir)
+        idir, mdir = root / "images", root / "masks"
+        if not idir.is_dir() or not mdir.is_dir():
+            raise ValueError(f"source_dir {root}: expected images/ and masks/ folders")
+        images = {p.stem: p for p in sorted(idir.iterdir()) if p.suffix.lower() in readers.IMAGE_SUFFIXES}
+        masks = {p.stem: p for p in sorted(mdir.iterdir()) if p.suffix.lower() in readers.IMAGE_SUFFIXES}
+        for stem, mp in masks.items():
+            if stem not in images:
+                raise ValueError(f"{mp}: mask has no image {stem}.* in {idir}")
+        if not images:
+            raise ValueError(f"{idir}: no images found")
+        exs = []
+        for stem, ip in images.items():
+            if stem not in masks:
+                raise ValueError(f"{ip}: image has no mask {stem}.* in {mdir}")
+            image = to_channels(normalise(readers.read_image(ip)), c.channels, ip)
+            mask = readers.read_image(masks[stem])
+            if mask.ndim == 3:
+                mask = mask[..., 0]
+            if mask.shape != image.shape[:2]:
+                raise ValueError(f"mask {masks[stem].name} is {mask.shape[0]}x{mask.shape[1]}, image "
+                                 f"{ip.name} is {image.shape[0]}x{image.shape[1]}")
+            values = np.unique(mask)
+            if c.num_classes == 2 and set(values.tolist()) <= {0, 255}:
+                mask = (mask > 0).astype(np.uint8)
+            elif values.min() < 0 or values.max() >= c.num_classes:
+                raise ValueError(f"{masks[stem]}: mask values {values.min()}..{values.max()} outside "
+                                 f"the class range 0..{c.num_classes - 1} (or 0/255 for binary)")
+            exs.append((stem, make_example(image, mask.astype(np.uint8), None, ip.name, c.w0,
+                                           c.sigma, known=False)))
+        return {"train": exs}
+
+
+_CLASSES = {"synthetic_cells": SyntheticCells, "isbi2012": Isbi2012, "nuclei_dsb": NucleiDsb,
+            "image_folder": ImageFolder}
+
+
+def builder(name: str, data_dir: str | os.PathLike, source_dir: str = "", **options):
+    """A TFDS builder for one of ``BUILDERS`` (not yet prepared)."""
+    if name not in _CLASSES:
+        raise ValueError(f"dataset must be one of {BUILDERS} (or a registered TFDS name), got {name!r}")
+    cls = _CLASSES[name]
+    if name != "synthetic_cells" and not source_dir:
+        raise ValueError(f"dataset {name!r} needs a source_dir (the local folder to read)")
+    key = "|".join([os.path.abspath(source_dir) if source_dir else ""] +
+                   [f"{k}={v}" for k, v in sorted(options.items())])
+    config = CellsConfig(name=f"c{hashlib.sha1(key.encode()).hexdigest()[:10]}",
+                         source_dir=str(source_dir), **options)
+    return cls(config=config, data_dir=str(data_dir), file_format="array_record")
+
+
+def prepare(name: str, data_dir: str | os.PathLike, source_dir: str = "", splits=None, **options):
+    """Prepares (once) and returns a dict of split -> TFDS data source.
+
+    ``splits`` may use TFDS slicing, e.g. ``("train[:20]", "train[20:]")``; default: every split.
+
+    On failure the partly written dataset folder is removed and the error re-raised.
+    """
+    b = builder(name, data_dir, source_dir, **options)
+    out = Path(b.data_dir)
+    if not (out / "dataset_info.json").exists():
+        try:
+            b.download_and_prepare()
+        except BaseException:
+            parent = out.parent  # <data_dir>/<name>/<config>/ holds 1.0.0 or incomplete.*
+            for p in list(parent.iterdir()) if parent.exists() else []:
+                if p.name.startswith((out.name, "incomplete")):
+                    shutil.rmtree(p, ignore_errors=True)
+            for d in (parent, parent.parent):
+                if d.exists() and not any(d.iterdir()):
+                    d.rmdir()
+            raise
+    if splits:
+        return {s: b.as_data_source(split=s) for s in splits}
+    return b.as_data_source()
+
+
+def load(name: str, data_dir: str | os.PathLike, source_dir: str = "", splits=None, **options):
+    """:func:`prepare` for this module's builders; any other name goes to ``tfds.data_source``
+    (needs the internet to download and, for most datasets, TensorFlow to prepare)."""
+    if name in _CLASSES:
+        return prepare(name, data_dir, source_dir, splits, **options)
+    names = splits or tfds.builder(name, data_dir=str(data_dir)).info.splits
+    return {split: tfds.data_source(name, split=split, data_dir=str(data_dir)) for split in names}

@@ -1,0 +1,120 @@
+"""jit / pmap / mesh wrappers around the one pure train step, and multi-host set-up.
+
+The step itself (``unet_jax.train.train_step``) knows nothing about devices; it averages
+gradients with ``lax.pmean`` only when it is given an axis name (the pmap path). The mesh path
+is ``jax.jit`` with ``NamedSharding``s: the batch split over a 1-D ``data`` mesh axis, the
+state replicated; XLA inserts the gradient all-reduce itself.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "devices"
+MODES = ("auto", "jit", "pmap", "mesh")
+
+
+def initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1,
+                           local_device_ids=None) -> bool:
+    """Starts multi-host JAX when asked (flags) or when SLURM launched several tasks.
+
+    Returns:
+      True when ``jax.distributed.initialize`` was called.
+    """
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+    if not coordinator and num_processes <= 1 and not slurm:
+        return False
+    # CPU collectives across processes go through gloo (GPU collectives use NCCL regardless).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {}
+    if coordinator:
+        kwargs = {"coordinator_address": coordinator, "num_processes": num_processes,
+                  "process_id": process_id}
+    if local_device_ids is not None:
+        kwargs["local_device_ids"] = local_device_ids
+    jax.distributed.initialize(**kwargs)  # with no arguments: SLURM's environment
+    return True
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto``: pmap when several devices are present, else jit."""
+    if mode not in MODES:
+        raise ValueError(f"parallel must be one of {MODES}, got {mode!r}")
+    if mode == "auto":
+        return "pmap" if jax.device_count() > 1 else "jit"
+    return mode
+
+
+def data_mesh() -> Mesh:
+    """A 1-D mesh over every device of every process."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def check_batch(global_batch: int) -> None:
+    n = jax.device_count()
+    if global_batch % n:
+        raise ValueError(f"batch_size {global_batch} must be divisible by the device count {n}")
+
+
+class Runner:
+    """Puts state and batches where a mode wants them and runs the wrapped step.
+
+    Args:
+      step: ``step(state, batch, rng, axis_name=None) -> (state, metrics)``, pure.
+      mode: ``jit``, ``pmap`` or ``mesh`` (``auto`` resolved by :func:`resolve_mode`).
+      donate: donate the state buffers to the step.
+    """
+
+    def __init__(self, step, mode: str, donate: bool = True):
+        self.mode = resolve_mode(mode)
+        donate_argnums = (0,) if donate else ()
+        if self.mode == "jit":
+            self.fn = jax.jit(step, donate_argnums=donate_argnums)
+        elif self.mode == "pmap":
+            self.n_local = jax.local_device_count()
+            self.fn = jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
+                               in_axes=(0, 0, None), donate_argnums=donate_argnums)
+        else:
+            self.mesh = data_mesh()
+            self.replicated = NamedSharding(self.mesh, P())
+            self.sharded = NamedSharding(self.mesh, P("data"))
+            self.fn = jax.jit(step, in_shardings=(self.replicated, self.sharded, self.replicated),
+                              out_shardings=(self.replicated, self.replicated),
+                              donate_argnums=donate_argnums)
+
+    def put_state(self, state):
+        """Host (or single-device) state -> the layout the step takes."""
+        if self.mode == "jit":
+            return state
+        if self.mode == "pmap":  # stacked copies; pmap places one on each local device
+            return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (self.n_local,) + np.shape(x)),
+                                state)
+        return jax.device_put(state, self.replicated)
+
+    def get_state(self, state):
+        """The step's layout -> one copy on the host (for checkpoints and evaluation)."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: np.asarray(x[0]), state)
+        return state
+
+    def put_batch(self, batch: dict):
+        """This process's batch (numpy) -> the layout the step takes."""
+        if self.mode == "jit":
+            return batch
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x.reshape((self.n_local, -1) + x.shape[1:]), batch)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharded, x), batch)
+
+    def __call__(self, state, batch, rng):
+        return self.fn(state, self.put_batch(batch), rng)
+
+    def metrics(self, metrics):
+        """Metrics to host numbers (pmap returns one identical copy per device)."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: np.asarray(x)[0], metrics)
+        return jax.tree.map(np.asarray, metrics)
