@@ -93,7 +93,8 @@ class CellsConfig(tfds.core.BuilderConfig):
 
 
 class _Base(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "synthetic_cells: illumination and texture fields centred (no dark images)."}
     BUILDER_CONFIG_CLASS = CellsConfig
 
     def _info(self):

@@ -16,6 +16,7 @@ from scipy.spatial import cKDTree
 
 def _smooth_field(rng, shape, sigma, amplitude):
     f = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    f = f - f.mean()  # a wide filter leaves a random offset far larger than the variation
     return amplitude * f / (f.std() + 1e-12)
 
 

@@ -1,0 +1,127 @@
+"""U-Net train-step and inference speed on this machine, optionally side by side with the
+PyTorch reference (../shared/bench/torch_unet_reference.py) in the same run. Prints one JSON
+line per measurement and, with --vs-pytorch, the ratio.
+
+The JAX model matches the reference: same padding, `--depth` levels, `--features` base
+channels, 2x2 transposed-convolution up-sampling, [skip, up] concatenation, no normalisation,
+mean softmax cross-entropy, Adam(1e-4).
+
+    python -m benchmarks.train_step_speed --shapes 2x256x64,1x512x16 [--inference]
+    python -m benchmarks.train_step_speed --vs-pytorch --torch_python /path/to/venv/bin/python
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_unet_reference.py"
+
+
+def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
+    """numpy float32 matrix product rate: the practical ceiling of this CPU."""
+    a = np.random.default_rng(0).random((n, n), np.float32)
+    b = np.random.default_rng(1).random((n, n), np.float32)
+    a @ b
+    t = []
+    for _ in range(reps):
+        s = time.perf_counter()
+        a @ b
+        t.append(time.perf_counter() - s)
+    return 2 * n ** 3 / np.median(t) / 1e9
+
+
+def jax_step(batch: int, size: int, features: int, depth: int, inference: bool, steps: int):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax.training import train_state
+
+    from unet_jax import unet
+
+    model = unet.UNet(features=features, depth=depth, padding="same", num_classes=2)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 1)), jnp.float32)
+    y = jnp.asarray(np.random.default_rng(1).integers(0, 2, (batch, size, size)), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x[:1])["params"]
+    if inference:
+        fn = jax.jit(lambda p, x: model.apply({"params": p}, x).sum())
+        args = (params, x)
+        run = lambda: fn(*args).block_until_ready()
+        compiled = fn.lower(*args).compile()
+    else:
+        state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(1e-4))
+
+        def step(state, x, y):
+            def loss_fn(p):
+                logits = model.apply({"params": p}, x)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+            loss, grads = jax.value_and_grad(loss_fn)(state.params)
+            return state.apply_gradients(grads=grads), loss
+
+        fn = jax.jit(step, donate_argnums=0)
+        compiled = fn.lower(state, x, y).compile()
+        holder = {"s": state}
+
+        def run():
+            holder["s"], loss = fn(holder["s"], x, y)
+            loss.block_until_ready()
+
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    run()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    med = float(np.median(times))
+    return {"framework": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
+            "mode": "inference" if inference else "train", "batch": batch, "size": size,
+            "features": features, "depth": depth, "step_ms_median": round(med * 1000, 1),
+            "images_per_s": round(batch / med, 3), "gflop_per_step": round(flops / 1e9, 1),
+            "gflops_per_s": round(flops / med / 1e9, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def torch_step(python: str, batch, size, features, depth, inference, steps):
+    cmd = [python, str(REFERENCE), "--batch", str(batch), "--size", str(size), "--features", str(features),
+           "--depth", str(depth), "--steps", str(steps)] + (["--inference"] if inference else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        return {"framework": "pytorch", "error": out.stderr.strip().splitlines()[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="2x256x64,1x512x16", help="BATCHxSIZExFEATURES,...")
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--inference", action="store_true")
+    p.add_argument("--vs-pytorch", action="store_true")
+    p.add_argument("--torch_python", default=sys.executable, help="a Python with torch installed")
+    a = p.parse_args()
+    ceiling = sgemm_gflops()
+    print(json.dumps({"benchmark": "sgemm", "gflops_per_s": round(ceiling, 1), "cpu_count": os.cpu_count()}))
+    for shape in a.shapes.split(","):
+        batch, size, features = (int(v) for v in shape.split("x"))
+        j = jax_step(batch, size, features, a.depth, a.inference, a.steps)
+        j["fraction_of_sgemm"] = round(j["gflops_per_s"] / ceiling, 3)
+        print(json.dumps(j), flush=True)
+        if a.vs_pytorch:
+            t = torch_step(a.torch_python, batch, size, features, a.depth, a.inference, a.steps)
+            print(json.dumps(t), flush=True)
+            if "images_per_s" in t:
+                print(json.dumps({"benchmark": "jax_vs_pytorch", "shape": shape, "mode": j["mode"],
+                                  "throughput_ratio": round(j["images_per_s"] / t["images_per_s"], 3)}))
+
+
+if __name__ == "__main__":
+    main()

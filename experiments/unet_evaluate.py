@@ -1,0 +1,53 @@
+"""Evaluates a trained run on a dataset split: the paper's Table 1 (warping, Rand, pixel
+error) plus Dice / IoU and, where the data has instances, instance metrics; also as JSON.
+
+    python -m experiments.unet_evaluate --workdir runs/isbi --dataset isbi2012 \
+        --data_dir ../shared/data/isbi2012 --split 'train[20:]' --tta
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A trained run.", required=True)
+flags.DEFINE_string("dataset", None, "synthetic_cells | isbi2012 | nuclei_dsb | image_folder.", required=True)
+flags.DEFINE_string("data_dir", "", "The dataset's local source folder.")
+flags.DEFINE_string("split", "test", "TFDS split (slicing allowed).")
+flags.DEFINE_string("tfds_dir", "", "Prepared datasets (default: the run's, else ~/tensorflow_datasets).")
+flags.DEFINE_bool("tta", False, "Test-time augmentation.")
+flags.DEFINE_bool("warping", True, "Compute the warping error (slow on large images).")
+flags.DEFINE_string("output", "", "JSON file (default: WORKDIR/eval_DATASET.json).")
+
+
+def main(argv):
+    del argv
+    from unet_jax import evaluation
+    from unet_jax.data import builders
+
+    try:
+        config, state = evaluation.load_trained(FLAGS.workdir)
+        tfds_dir = FLAGS.tfds_dir or config.data.tfds_dir or os.path.expanduser("~/tensorflow_datasets")
+        options = {"w0": config.data.w0, "sigma": config.data.sigma}
+        if FLAGS.dataset == "synthetic_cells":
+            options.update(size=config.data.synthetic_size, num_train=config.data.synthetic_train,
+                           num_test=config.data.synthetic_test)
+        if FLAGS.dataset in ("nuclei_dsb", "image_folder"):
+            options["channels"] = config.model.in_channels
+        source = builders.load(FLAGS.dataset, tfds_dir, FLAGS.data_dir, splits=(FLAGS.split,),
+                               **options)[FLAGS.split]
+        results = evaluation.evaluate_split(config, state, source, FLAGS.tta, FLAGS.warping)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(evaluation.table1(results))
+    print(json.dumps(results, indent=1))
+    path = Path(FLAGS.output or Path(FLAGS.workdir) / f"eval_{FLAGS.dataset}.json")
+    path.write_text(json.dumps({"dataset": FLAGS.dataset, "split": FLAGS.split, "tta": FLAGS.tta,
+                                **results}, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

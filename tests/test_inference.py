@@ -1,0 +1,148 @@
+"""Overlap-tile inference, TTA, the predict / evaluate CLIs and their bad inputs."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import tiny_config
+from unet_jax import evaluation, inference, train, unet
+from unet_jax.data.loader import mirror_pad
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def valid_model():
+    model = unet._UNetTiny(depth=2, features=4, padding="valid", num_classes=3)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 44, 44, 1)))
+    calls = []
+
+    @jax.jit
+    def fwd(x):
+        return jax.nn.softmax(model.apply(params, x), -1)
+
+    def predict(x):
+        calls.append(x.shape)
+        return fwd(x)
+
+    return model, params, predict, calls
+
+
+def test_valid_overlap_tile_equals_one_whole_image_pass(valid_model):
+    model, params, predict, calls = valid_model
+    img = np.random.default_rng(0).random((44, 44, 1)).astype(np.float32)
+    c = unet.context(2, "valid")  # 20 for depth 2
+    whole_in = mirror_pad(img, c, "reflect")  # 84x84: a valid input with a 44x44 output
+    assert unet.output_size(whole_in.shape[0], 2, "valid") == 44
+    whole = np.asarray(jax.nn.softmax(model.apply(params, whole_in[None]), -1))[0]
+    outs = {}
+    for tile in (44, 52, 60):  # outputs 4, 12, 20 = the tile steps
+        calls.clear()
+        outs[tile] = inference.predict_valid(predict, img, 2, tile, 3, batch_tiles=3)
+        assert all(s[0] <= 3 for s in calls)  # memory bounded by the tile batch
+        np.testing.assert_allclose(outs[tile], whole, atol=1e-5)
+
+
+def test_same_mode_blending_is_exact_for_a_pointwise_model():
+    """A per-pixel model gives identical values in overlapping tiles, so any correctly
+    normalised blend must return exactly the per-pixel result."""
+    def predict(x):
+        z = np.concatenate([x, 1 - x], -1)
+        return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+
+    img = np.random.default_rng(1).random((70, 90, 1)).astype(np.float32)
+    out = inference.predict_same(predict, img, depth=2, tile_size=32, num_classes=2, batch_tiles=2)
+    np.testing.assert_allclose(out, predict(img[None])[0], atol=1e-6)
+
+
+def test_tta_of_a_flip_symmetric_function_is_the_identity(valid_model):
+    def predict(x):  # pointwise: commutes with every flip and rotation
+        z = np.concatenate([x, x ** 2, 1 - x], -1)
+        return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+
+    img = np.random.default_rng(2).random((40, 56, 1)).astype(np.float32)
+    plain = inference.predict_image(predict, img, 2, "same", 32, 3)
+    tta = inference.predict_image(predict, img, 2, "same", 32, 3, tta=True)
+    np.testing.assert_allclose(tta, plain, atol=1e-6)
+    # and for the (not symmetric) U-Net TTA changes the result
+    _, _, unet_predict, _ = valid_model
+    a = inference.predict_image(unet_predict, img, 2, "valid", 44, 3)
+    b = inference.predict_image(unet_predict, img, 2, "valid", 44, 3, tta=True)
+    assert a.shape == b.shape == (40, 56, 3) and not np.allclose(a, b)
+    np.testing.assert_allclose(b.sum(-1), 1, atol=1e-5)
+
+
+def test_invalid_tile_size_is_an_error(valid_model):
+    with pytest.raises(ValueError, match="not a valid input size"):
+        inference.predict_valid(valid_model[2], np.zeros((40, 40, 1), np.float32), 2, 30, 3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("trained")
+    config = tiny_config(str(tmp_path_factory.mktemp("tfds")))
+    config.num_steps = 2
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def _predict_cli(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.unet_predict", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_predict_cli_writes_masks_probabilities_and_overlays(trained, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((70, 80)) * 255).astype(np.uint8)).save(inp / "a.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "tiny.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    proc = _predict_cli("--workdir", str(trained), "--input", str(inp), "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mask = np.asarray(Image.open(tmp_path / "out" / "a_mask.png"))
+    assert mask.shape == (70, 80) and set(np.unique(mask)) <= {0, 255}
+    import tifffile
+    prob = tifffile.imread(tmp_path / "out" / "a_prob.tif")
+    assert prob.shape == (2, 70, 80)
+    np.testing.assert_allclose(prob.sum(0), 1, atol=1e-5)
+    assert (tmp_path / "out" / "a_overlay.png").exists()
+    for bad, match in [("notes.png", "not a readable image"), ("tiny.png", "smaller than one")]:
+        proc = _predict_cli("--workdir", str(trained), "--input", str(tmp_path / bad), "--output",
+                            str(tmp_path / "out2"))
+        assert proc.returncode == 1 and match in proc.stderr and str(tmp_path / bad) in proc.stderr
+
+
+def test_bad_checkpoint_and_channels(trained, tmp_path):
+    config, state = evaluation.load_trained(trained)
+    with pytest.raises(ValueError, match="image has 3 channels, the model expects 1"):
+        evaluation.predict_probs(config, state, np.zeros((64, 64, 3), np.float32))
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model"]["features"] = 8
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="was trained with model"):
+        evaluation.load_trained(other)
+    with pytest.raises(ValueError, match="holds no trained run"):
+        evaluation.load_trained(tmp_path)
+
+
+def test_evaluate_cli_prints_table1_and_writes_json(trained, tmp_path):
+    config = json.loads((trained / "config.json").read_text())
+    proc = subprocess.run([sys.executable, "-m", "experiments.unet_evaluate", "--workdir", str(trained),
+                           "--dataset", "synthetic_cells", "--split", "test",
+                           "--tfds_dir", config["data"]["tfds_dir"], "--output", str(tmp_path / "e.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| Warping Error | Rand Error | Pixel Error |" in proc.stdout
+    res = json.loads((tmp_path / "e.json").read_text())
+    for k in ("warping_error", "rand_error", "pixel_error", "dice_1", "iou_1", "dsb_map", "f1@0.5"):
+        assert 0 <= res[k] <= 1, k
+    assert res["images"] == 2

@@ -1,0 +1,207 @@
+"""The training engine end to end: outputs, exact resume, SIGKILL / SIGTERM, NaN, locking,
+config checks, half-written checkpoints and recompilation."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from tests.helpers import tiny_config
+from unet_jax import checkpoint, train
+from unet_jax.data import loader
+from unet_jax.writers import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 8
+
+
+def _cli(workdir, tfds_dir, *overrides):
+    cmd = [sys.executable, "-m", "experiments.unet_segment", "--workdir", str(workdir),
+           "--config", "tests/tiny_config.py", f"--config.data.tfds_dir={tfds_dir}",
+           f"--config.num_steps={STEPS}", *overrides]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout=600):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _params(workdir, step=None):
+    ck = checkpoint.Checkpoints(Path(workdir) / "checkpoints")
+    step = ck.latest_step() if step is None else step
+    target = train.create_state(tiny_config(""), jax.random.key(0, impl="rbg"))
+    state, meta = ck.restore(step, target)
+    ck.close()
+    return state, meta
+
+
+def _assert_bitwise_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(a.opt_state), jax.tree.leaves(b.opt_state)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tfds_dir):
+    """An uninterrupted run of STEPS steps."""
+    workdir = tmp_path_factory.mktemp("reference")
+    rc, out = _finish(_cli(workdir, tfds_dir))
+    assert rc == 0, out[-3000:]
+    return workdir
+
+
+def test_end_to_end_run_writes_everything(reference):
+    lines = read_jsonl(reference / "metrics.jsonl")
+    train_lines = [l for l in lines if "train_loss" in l]
+    assert [l["step"] for l in train_lines] == list(range(2, STEPS + 1, 2))
+    assert all(np.isfinite(l["train_loss"]) and l["train_images_per_s"] > 0 for l in train_lines)
+    final = [l for l in lines if l.get("final")]
+    assert len(final) == 1 and 0 <= final[0]["val_dice"] <= 1 and "val_rand_error" in final[0]
+    assert any(p.name.startswith("events.out.tfevents") for p in (reference / "tensorboard").iterdir())
+    for name in ("val_predictions.png", "curves.png"):
+        assert (reference / name).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((reference / "config.json").read_text())["num_steps"] == STEPS
+    summary = json.loads((reference / "summary.json").read_text())
+    assert summary["step"] == STEPS and summary["stopped_by"] is None
+    steps = checkpoint.Checkpoints(reference / "checkpoints").all_steps()
+    assert STEPS in steps and len(steps) <= 3  # keep 2 latest (+ best)
+
+
+def test_resume_ends_with_the_uninterrupted_parameters(reference, tfds_dir, tmp_path):
+    rc, out = _finish(_cli(tmp_path, tfds_dir, "--config.stop_after=3"))
+    assert rc == 0 and "stopped by stop_after at step 3" in out, out[-2000:]
+    rc, out = _finish(_cli(tmp_path, tfds_dir))
+    assert rc == 0, out[-2000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"] == 3
+    _assert_bitwise_equal(_params(tmp_path)[0], _params(reference)[0])
+
+
+def test_sigkill_at_a_random_step_then_restart(reference, tfds_dir, tmp_path):
+    proc = _cli(tmp_path, tfds_dir, "--config.debug_step_delay=0.4")
+    ckdir = tmp_path / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckdir.exists() and any(p.name.isdigit() for p in ckdir.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.1)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = checkpoint.Checkpoints(ckdir).latest_step()
+    assert killed_at < STEPS
+    rc, out = _finish(_cli(tmp_path, tfds_dir))
+    assert rc == 0, out[-2000:]
+    _assert_bitwise_equal(_params(tmp_path)[0], _params(reference)[0])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tfds_dir, tmp_path):
+    proc = _cli(tmp_path, tfds_dir, "--config.num_steps=10000", "--config.debug_step_delay=0.2",
+                "--config.checkpoint_every=1000")
+    deadline = time.time() + 300
+    while not (tmp_path / "metrics.jsonl").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    rc, out = _finish(proc)
+    assert rc == 0, out[-2000:]
+    assert "stopped by SIGTERM at step" in out
+    step = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert checkpoint.Checkpoints(tmp_path / "checkpoints").latest_step() == step
+
+
+class _NanAt:
+    """Wraps the loader iterator; batch number ``at`` (1-based) gets a NaN pixel."""
+
+    def __init__(self, it, at):
+        self.it, self.at, self.n = it, at, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.n += 1
+        b = next(self.it)
+        if self.n == self.at:
+            b = {**b, "image": b["image"].copy()}
+            b["image"][0, 3, 3, 0] = np.nan
+        return b
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, s):
+        self.it.set_state(s)
+
+
+def test_nan_in_a_batch_stops_the_run_naming_the_step(tfds_dir, tmp_path, monkeypatch):
+    real = loader.make_train_loader
+    monkeypatch.setattr(loader, "make_train_loader",
+                        lambda *a, **k: _NanAt(iter(real(*a, **k)), at=5))
+    config = tiny_config(str(tfds_dir))
+    config.num_steps = STEPS
+    with pytest.raises(train.NonFiniteLoss, match=r"at step 5; stopped.*checkpoint \(step 4\)"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert checkpoint.Checkpoints(tmp_path / "checkpoints").latest_step() == 4
+
+
+def test_second_run_on_a_workdir_in_use_refuses(tfds_dir, tmp_path):
+    lock = train.WorkdirLock(tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="is in use by another run"):
+            train.train_and_evaluate(tiny_config(str(tfds_dir)), str(tmp_path))
+    finally:
+        lock.release()
+
+
+def test_incompatible_config_is_refused_and_half_written_checkpoints_ignored(reference, tfds_dir, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference, workdir)
+    config = tiny_config(str(tfds_dir))
+    config.num_steps = STEPS
+    config.model.features = 8
+    with pytest.raises(ValueError, match=r"different config \(model.features: 4 -> 8\)"):
+        train.train_and_evaluate(config, str(workdir))
+    # a crash mid-save leaves an orbax temporary folder; a resumed run must skip it
+    junk = workdir / "checkpoints" / f"{STEPS + 4}.orbax-checkpoint-tmp-1234567"
+    junk.mkdir()
+    (junk / "state").write_text("half written")
+    config.model.features = 4
+    config.num_steps = STEPS + 2
+    summary = train.train_and_evaluate(config, str(workdir))
+    assert summary["resumed_from"] == STEPS and summary["step"] == STEPS + 2
+
+
+def test_no_recompilation_per_step():
+    config = tiny_config("")
+    state = train.create_state(config, jax.random.key(0, impl="rbg"))
+    cfg = train.step_config(config)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(state, batch, rng):
+        return train.train_step(state, batch, rng, cfg=cfg)
+
+    size = train.tile_sizes(config)[0]
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        batch = {"image": rng.random((8, size, size, 1), np.float32),
+                 "labels": rng.integers(0, 2, (8, size, size)).astype(np.int32),
+                 "weights": np.ones((8, size, size), np.float32), "index": np.arange(8, dtype=np.int32)}
+        state, _ = step(state, batch, jax.random.key(i, impl="rbg"))
+    assert int(state.step) == 4

@@ -1,0 +1,87 @@
+"""Loading a trained run, and the ISBI-2012-style evaluation of a dataset split."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from unet_jax import checkpoint, inference, metrics, train
+
+
+def load_trained(workdir: str | Path, step: int | None = None):
+    """(config, state) of a run: its config.json and its best checkpoint (else the latest).
+
+    Raises:
+      ValueError: no run in ``workdir``, or a checkpoint that does not fit the config's model.
+    """
+    workdir = Path(workdir)
+    cfg_path = workdir / "config.json"
+    if not cfg_path.exists():
+        raise ValueError(f"workdir {workdir} holds no trained run (no config.json)")
+    config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+    ck = checkpoint.Checkpoints(workdir / "checkpoints", best_metric="val_dice")
+    step = step if step is not None else (ck.best_step() or ck.latest_step())
+    if step is None:
+        raise ValueError(f"workdir {workdir} holds no checkpoint")
+    meta = ck.read_meta(step)
+    if meta["config"]["model"] != config.model.to_dict():
+        raise ValueError(f"checkpoint {workdir / 'checkpoints' / str(step)} was trained with model "
+                         f"{meta['config']['model']}, config.json says {config.model.to_dict()}")
+    target = train.create_state(config, jax.random.key(0, impl="rbg"))
+    try:
+        state, _ = ck.restore(step, target)
+    except Exception as e:  # noqa: BLE001 - any mismatch of shapes or structure
+        raise ValueError(f"checkpoint {workdir / 'checkpoints' / str(step)} does not fit the model "
+                         f"of {cfg_path} ({type(e).__name__})") from None
+    ck.close()
+    return config, state
+
+
+def predict_probs(config, state, image, tta: bool = False, tile_size: int = 0):
+    """[H, W, K] probabilities for one image [H, W, C] with overlap-tile inference."""
+    m = config.model
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] != m.in_channels:
+        raise ValueError(f"image has {image.shape[-1]} channels, the model expects {m.in_channels}")
+    tile_in = tile_size or max(train.tile_sizes(config)[0], config.data.eval_tile_size)
+    return inference.predict_image(train.predict_fn(state), image, depth=m.depth, padding=m.padding,
+                                   tile_size=tile_in, num_classes=m.num_classes, tta=tta,
+                                   batch_tiles=config.eval_batch_tiles)
+
+
+def evaluate_split(config, state, source, tta: bool = False, warping: bool = True) -> dict:
+    """Warping, Rand and pixel errors (ISBI 2012), Dice / IoU and, where the data has
+    instances, instance metrics, averaged over the images of ``source``."""
+    rows = []
+    for i in range(len(source)):
+        ex = source[i]
+        probs = predict_probs(config, state, ex["image"], tta)
+        fg = probs[..., 1:].sum(-1)
+        truth = ex["labels"] > 0
+        row = {"pixel_error": metrics.pixel_error(fg > 0.5, truth),
+               "rand_error": metrics.rand_error(fg, truth)[0]}
+        if warping:
+            row["warping_error"] = metrics.warping_error(fg, truth)["error"]
+        dice, iou = metrics.dice_iou(probs.argmax(-1), ex["labels"], config.model.num_classes)
+        row.update({f"dice_{c}": float(dice[c]) for c in range(len(dice))})
+        row.update({f"iou_{c}": float(iou[c]) for c in range(len(iou))})
+        if ex["instances"].max() > 0:
+            row.update(metrics.instance_metrics(ex["instances"], metrics.segments(fg > 0.5)))
+        rows.append(row)
+    keys = sorted({k for r in rows for k in r})
+    return {"images": len(rows),
+            **{k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}}
+
+
+def table1(results: dict, name: str = "unet_jax") -> str:
+    """The paper's Table 1 layout (ISBI 2012, ranked by warping error)."""
+    lines = ["| Name | Warping Error | Rand Error | Pixel Error |", "|---|---|---|---|",
+             "| u-net (Ronneberger et al. 2015, official test set) | 0.000353 | 0.0382 | 0.0611 |",
+             f"| {name} | {results.get('warping_error', float('nan')):.6f} | "
+             f"{results['rand_error']:.4f} | {results['pixel_error']:.4f} |"]
+    return "\n".join(lines)
