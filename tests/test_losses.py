@@ -129,3 +129,16 @@ def test_weight_map_peaks_between_touching_cells_and_is_wc_far_away():
     np.testing.assert_allclose(w[:, 55:], wc[0], atol=1e-3)  # > 18 px from both cells
     np.testing.assert_allclose(w[inst > 0], wc[1])
     np.testing.assert_allclose(np.mean(wc[(inst > 0).astype(int)]), 1.0, rtol=1e-6)
+
+
+def test_weight_map_figure_experiment(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "wm.png"
+    proc = subprocess.run([sys.executable, "-m", "experiments.weight_map_figure", "--index", "3",
+                           "--output", str(out)], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -4,15 +4,93 @@ All blocks are NHWC: ``[B, H, W, C]``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = Any
 
 NORMS = ("none", "batch", "group")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _explicit_padding(padding, kernel):
+    if isinstance(padding, str):
+        if padding == "VALID":
+            return tuple((0, 0) for _ in kernel)
+        return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel)  # SAME, stride 1
+    return tuple(tuple(p) for p in padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_matmul_grad(x, w, padding):
+    """Stride-1 NHWC/HWIO convolution whose kernel gradient is computed as one matrix product
+    per kernel offset: dK[i, j] = sum_{n,h,w} Xpad[n, h+i, w+j, :]^T dY[n, h, w, :].
+
+    The forward pass and the input gradient are XLA's. On CPU, XLA's own kernel gradient of a
+    3x3 convolution runs several times slower than these matrix products (issue 8: 1,011 ms
+    against 163 ms for 128 -> 128 channels at 2x128x128).
+    """
+    return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC)
+
+
+def _conv_fwd(x, w, padding):
+    return conv_matmul_grad(x, w, padding), (x, w)
+
+
+def _conv_bwd(padding, res, g):
+    x, w = res
+    dx = jax.vjp(lambda v: lax.conv_general_dilated(v, w, (1, 1), padding, dimension_numbers=_NHWC),
+                 x)[1](g)[0]
+    kh, kw, cin, cout = w.shape
+    xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
+    ho, wo = g.shape[1], g.shape[2]
+    g2 = g.reshape(-1, cout)
+    dw = jnp.stack([jnp.stack([
+        jnp.matmul(xp[:, i:i + ho, j:j + wo, :].reshape(-1, cin).T, g2,
+                   preferred_element_type=jnp.float32)
+        for j in range(kw)]) for i in range(kh)])
+    return dx, dw.astype(w.dtype)
+
+
+conv_matmul_grad.defvjp(_conv_fwd, _conv_bwd)
+
+
+def fast_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                              dimension_numbers=None, feature_group_count=1, precision=None,
+                              min_channels: int = 0, **kwargs):
+    """Drop-in for ``lax.conv_general_dilated`` (flax ``nn.Conv(conv_general_dilated=...)``):
+    plain stride-1 NHWC convolutions with at least ``min_channels`` input and output channels
+    take :func:`conv_matmul_grad`, anything else goes to lax."""
+    plain = (lhs.ndim == 4 and rhs.shape[-2] >= min_channels and rhs.shape[-1] >= min_channels and all(s == 1 for s in window_strides) and feature_group_count == 1
+             and not kwargs and precision is None
+             and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
+             and dimension_numbers is not None
+             and tuple(dimension_numbers) == tuple(lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)))
+    if not plain:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)
+    return conv_matmul_grad(lhs, rhs, _explicit_padding(padding, rhs.shape[:2]))
+
+
+def conv_impl(name: str = "auto") -> Callable:
+    """``xla``: lax.conv_general_dilated; ``matmul``: :func:`fast_conv_general_dilated`;
+    ``auto``: on CPU backends matmul for layers of >= 64 input and output channels (measured
+    1.4x faster for the paper-size U-Net step, slower for 16-channel layers), xla elsewhere
+    (cuDNN's kernel gradient is fast)."""
+    if name == "auto":
+        if jax.default_backend() != "cpu":
+            return lax.conv_general_dilated
+        return functools.partial(fast_conv_general_dilated, min_channels=64)
+    if name == "matmul":
+        return fast_conv_general_dilated
+    if name == "xla":
+        return lax.conv_general_dilated
+    raise ValueError(f"conv_impl must be auto, xla or matmul, got {name!r}")
 
 
 def he_normal() -> Callable:
@@ -62,13 +140,14 @@ class ConvBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     axis_name: str | None = None
+    conv: str = "auto"  # auto | xla | matmul (see conv_impl)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         for _ in range(self.num_convs):
             x = nn.Conv(self.features, (self.kernel_size,) * 2, padding=self.padding,
                         kernel_init=he_normal(), use_bias=self.norm == "none", dtype=self.dtype,
-                        param_dtype=self.param_dtype)(x)
+                        param_dtype=self.param_dtype, conv_general_dilated=conv_impl(self.conv))(x)
             x = Norm(self.norm, dtype=self.dtype, param_dtype=self.param_dtype,
                      axis_name=self.axis_name)(x, train)
             x = nn.relu(x)

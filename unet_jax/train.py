@@ -32,7 +32,7 @@ from unet_jax.writers import MetricWriter, write_json
 RESUMABLE_CHANGES = {"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                      "progress", "loader_workers", "loader_threads", "parallel", "coordinator",
                      "num_processes", "process_id", "stop_after", "eval_tta", "eval_batch_tiles",
-                     "debug_step_delay"}
+                     "debug_step_delay", "time_budget_s"}
 
 
 class TrainState(train_state.TrainState):
@@ -44,7 +44,8 @@ def create_model(config, axis_name: str | None = None) -> unet.UNet:
     m = config.model
     return unet.UNet(num_classes=m.num_classes, features=m.features, depth=m.depth,
                      in_channels=m.in_channels, padding=m.padding, norm=m.norm, dropout=m.dropout,
-                     upsample=m.upsample, dtype=jnp.dtype(m.dtype), axis_name=axis_name)
+                     upsample=m.upsample, dtype=jnp.dtype(m.dtype), axis_name=axis_name,
+                     conv=m.get("conv", "auto"))
 
 
 def learning_rate_schedule(config):
@@ -366,6 +367,7 @@ def _run(config, workdir: Path, is_main: bool, signals: _Signals) -> dict:
         check_compatible(meta["config"], config_dict, workdir / "checkpoints" / str(latest))
         state, meta = ckpts.restore(latest, state)
         data_iter.set_state(meta["loader"])
+        base_rng = jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32), impl="rbg")
         start = int(meta["step"])
     if is_main:
         write_json(workdir / "config.json", config_dict)
@@ -378,7 +380,8 @@ def _run(config, workdir: Path, is_main: bool, signals: _Signals) -> dict:
     tb = _tensorboard(workdir) if is_main else None
 
     def save(step, host_state, extra_metrics=None):
-        ckpts.save(step, host_state, {"step": step, "loader": data_iter.get_state(), "config": config_dict},
+        ckpts.save(step, host_state, {"step": step, "loader": data_iter.get_state(), "config": config_dict,
+                                      "rng": np.asarray(jax.random.key_data(base_rng)).tolist()},
                    metrics=extra_metrics)
 
     pending = []  # device metrics not yet looked at: (step, sums)
@@ -391,6 +394,7 @@ def _run(config, workdir: Path, is_main: bool, signals: _Signals) -> dict:
     step = start
     t0 = time.perf_counter()
     last_eval = None
+    budget_hit = False
     try:
         while step < config.num_steps:
             batch = next(data_iter)
@@ -438,13 +442,16 @@ def _run(config, workdir: Path, is_main: bool, signals: _Signals) -> dict:
             if step == config.stop_after:
                 stop_reason = "stop_after"
                 break
+            if config.time_budget_s > 0 and time.perf_counter() - t0 > config.time_budget_s:
+                budget_hit = True  # train no longer; evaluate and save as at the last step
+                break
     finally:
         bar.close()
     train_time = time.perf_counter() - t0
     final = runner.get_state(dstate)
     summary = {"step": step, "train_time_s": round(train_time, 2), "stopped_by": stop_reason,
                "resumed_from": start, "process_count": pcount, "devices": jax.device_count(),
-               "parallel": runner.mode}
+               "parallel": runner.mode, "time_budget_hit": budget_hit}
     if stop_reason:
         if is_main:
             print(f"stopped by {stop_reason} at step {step}; checkpoint saved in {workdir / 'checkpoints'}")

@@ -119,6 +119,8 @@ class UNet(nn.Module):
       upsample: ``transpose`` (2x2 up-convolution, paper) or ``bilinear`` (resize + 3x3 conv).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay ``param_dtype``.
       axis_name: pmap axis for cross-device batch statistics.
+      conv: ``auto`` (matrix-product kernel gradients on CPU, XLA's elsewhere), ``xla`` or
+        ``matmul``; the forward pass is the same.
     """
 
     num_classes: int = 2
@@ -132,6 +134,7 @@ class UNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     axis_name: str | None = None
+    conv: str = "auto"  # convolution kernel-gradient implementation (layers.conv_impl)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -142,7 +145,7 @@ class UNet(nn.Module):
             output_size(x.shape[axis], self.depth, self.padding)  # raises for invalid sizes
         block = functools.partial(layers.ConvBlock, padding=self.padding.upper(), norm=self.norm,
                                   dtype=self.dtype, param_dtype=self.param_dtype,
-                                  axis_name=self.axis_name)
+                                  axis_name=self.axis_name, conv=self.conv)
         x = x.astype(self.dtype)
         skips = []
         for level in range(self.depth):
@@ -160,7 +163,8 @@ class UNet(nn.Module):
             x = jnp.concatenate([skip, x], axis=-1)
             x = block(f, name=f"up_block_{level}")(x, train)
         x = nn.Conv(self.num_classes, (1, 1), kernel_init=layers.he_normal(), dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="head")(x)
+                    param_dtype=self.param_dtype, conv_general_dilated=layers.conv_impl(self.conv),
+                    name="head")(x)
         return x.astype(jnp.float32)
 
 

@@ -1,0 +1,54 @@
+"""ISBI 2012 quality: train with experiments/configs/isbi2012.py (the :cpu variant by default)
+on slices 00-19 of ../shared/data/isbi2012, evaluate slices 20-24 with test-time augmentation,
+and print the training wall time and the pixel, Rand and warping errors as one JSON line
+(issue target within a 60-minute training budget on 2 CPU cores: pixel error <= 0.09, Rand
+error <= 0.08).
+
+    python -m benchmarks.isbi2012_quality [--variant cpu] [--workdir DIR]
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "isbi2012"))
+    p.add_argument("--variant", default="cpu")
+    p.add_argument("--workdir", default="")
+    a, extra = p.parse_known_args()
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="isbi_bench_"))
+    tfds = workdir / "tfds"
+    t = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "experiments.unet_segment", "--workdir", str(workdir / "run"),
+                          "--config", f"experiments/configs/isbi2012.py:{a.variant}",
+                          f"--config.data.data_dir={a.data_dir}", f"--config.data.tfds_dir={tfds}",
+                          "--config.progress=False", *extra], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if run.returncode:
+        sys.exit(f"training failed:\n{run.stderr[-3000:]}")
+    summary = json.loads((workdir / "run" / "summary.json").read_text())
+    ev = subprocess.run([sys.executable, "-m", "experiments.unet_evaluate", "--workdir", str(workdir / "run"),
+                         "--dataset", "isbi2012", "--data_dir", a.data_dir, "--split", "train[20:]",
+                         "--tfds_dir", str(tfds), "--tta", "--output", str(workdir / "eval.json")],
+                        cwd=ROOT, capture_output=True, text=True)
+    if ev.returncode:
+        sys.exit(f"evaluation failed:\n{ev.stderr[-3000:]}")
+    res = json.loads((workdir / "eval.json").read_text())
+    print(json.dumps({"benchmark": "isbi2012_quality", "variant": a.variant, "train_time_s": summary["train_time_s"],
+                      "run_wall_s": round(wall, 1), "steps": summary["step"],
+                      "pixel_error": round(res["pixel_error"], 4), "rand_error": round(res["rand_error"], 4),
+                      "warping_error": round(res["warping_error"], 6), "dice_cells": round(res["dice_1"], 4),
+                      "targets": {"pixel_error": 0.09, "rand_error": 0.08, "train_time_s": 3600},
+                      "meets_target": res["pixel_error"] <= 0.09 and res["rand_error"] <= 0.08
+                      and summary["train_time_s"] <= 3600, "workdir": str(workdir)}))
+
+
+if __name__ == "__main__":
+    main()
