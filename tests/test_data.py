@@ -1,6 +1,5 @@
 """TFDS builders without TensorFlow, the grain loader and on-device augmentation."""
 import json
-import os
 import subprocess
 import sys
 import textwrap

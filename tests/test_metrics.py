@@ -1,5 +1,4 @@
 """Metrics against hand-made cases, skimage and brute force."""
-import itertools
 
 import numpy as np
 import pytest

@@ -89,9 +89,9 @@ def make_train_loader(source, tile: TileConfig, batch_size: int, seed: int, proc
     n = len(source)
     if n == 0:
         raise ValueError("the training split is empty")
-    mine = shard_indices(n, process_index, process_count)
-    ds = grain.MapDataset.source(source)[mine[0]::process_count] if process_count > 1 \
-        else grain.MapDataset.source(source)
+    if len(shard_indices(n, process_index, process_count)) == 0:
+        raise ValueError(f"the training split has {n} examples, fewer than the {process_count} processes")
+    ds = grain.MapDataset.source(source)[process_index::process_count]
     offset = process_index * batch_size
     ds = (ds.shuffle(seed=seed).repeat()
           .random_map(lambda ex, rng: random_tile(ex, rng, tile), seed=seed + 1)
