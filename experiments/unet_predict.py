@@ -26,7 +26,7 @@ def main(argv):
     import tifffile
     from PIL import Image
 
-    from unet_jax import evaluation, plots, train
+    from unet_jax import evaluation, plots, train, unet
     from unet_jax.data import builders, readers
 
     try:
@@ -39,7 +39,8 @@ def main(argv):
         out = Path(FLAGS.output)
         out.mkdir(parents=True, exist_ok=True)
         k = config.model.num_classes
-        tile_in = FLAGS.tile_size or max(train.tile_sizes(config)[0], config.data.eval_tile_size)
+        tile_in = FLAGS.tile_size or train.eval_tile_size(config)
+        predict = train.predict_fn(state)
         for f in files:
             arr = readers.read_image(f)
             stack = f.suffix.lower() in (".tif", ".tiff") and arr.ndim == 3 and arr.shape[-1] not in (3, 4)
@@ -50,12 +51,11 @@ def main(argv):
                 if image.ndim == 3 and config.model.in_channels == 1 and image.shape[-1] in (3, 4):
                     raise ValueError(f"{f}: image has {image.shape[-1]} channels, the model expects 1")
                 image = builders.to_channels(image, config.model.in_channels, f)
-                need = evaluation.inference.unet.output_size(tile_in, config.model.depth,
-                                                             config.model.padding)
+                need = unet.output_size(tile_in, config.model.depth, config.model.padding)
                 if min(image.shape[:2]) < need:
                     raise ValueError(f"{f}: image is {image.shape[0]}x{image.shape[1]}, smaller than one "
                                      f"{need}x{need} tile; pass a smaller --tile_size")
-                p = evaluation.predict_probs(config, state, image, FLAGS.tta, tile_in)
+                p = evaluation.predict_probs(config, state, image, FLAGS.tta, tile_in, predict)
                 mask = p.argmax(-1).astype(np.uint8)
                 masks.append(mask * 255 if k == 2 else mask)
                 probs.append(np.moveaxis(p, -1, 0).astype(np.float32))

@@ -14,7 +14,7 @@ import optax
 from flax.training import train_state
 
 from unet_jax import autoencoders as ae
-from unet_jax import checkpoint
+from unet_jax import checkpoint, plots
 from unet_jax.data import mnist
 from unet_jax.writers import MetricWriter, batch_indices, write_json
 
@@ -117,10 +117,7 @@ def denoising_mse(model, params, clean, rng, level: float) -> float:
 
 
 def save_figures(workdir: Path, model, params, config, x_test, y_test, rng) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     n = 10
     x = x_test[:n]

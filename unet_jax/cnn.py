@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from unet_jax import layers
+from unet_jax import layers, plots
 from unet_jax.data import mnist
 from unet_jax.writers import MetricWriter, batch_indices, write_json
 
@@ -97,10 +97,7 @@ def confusion_matrix(labels, preds, num_classes: int = 10) -> np.ndarray:
 
 def save_figures(workdir: Path, images, labels, preds, cm) -> None:
     """PNGs of example predictions (errors first) and the confusion matrix."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     order = np.argsort(labels == preds, kind="stable")[:32]
     fig, axes = plt.subplots(4, 8, figsize=(10, 5.5))

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from unet_jax import checkpoint, inference, metrics, train
+from unet_jax import checkpoint, metrics, train
 
 
 def load_trained(workdir: str | Path, step: int | None = None):
@@ -40,27 +40,20 @@ def load_trained(workdir: str | Path, step: int | None = None):
     return config, state
 
 
-def predict_probs(config, state, image, tta: bool = False, tile_size: int = 0):
-    """[H, W, K] probabilities for one image [H, W, C] with overlap-tile inference."""
-    m = config.model
-    image = np.asarray(image, np.float32)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] != m.in_channels:
-        raise ValueError(f"image has {image.shape[-1]} channels, the model expects {m.in_channels}")
-    tile_in = tile_size or max(train.tile_sizes(config)[0], config.data.eval_tile_size)
-    return inference.predict_image(train.predict_fn(state), image, depth=m.depth, padding=m.padding,
-                                   tile_size=tile_in, num_classes=m.num_classes, tta=tta,
-                                   batch_tiles=config.eval_batch_tiles)
+def predict_probs(config, state, image, tta: bool = False, tile_size: int = 0, predict=None):
+    """[H, W, K] probabilities for one image [H, W, C]; pass ``predict`` (``train.predict_fn``)
+    when predicting many images, so the model is compiled once."""
+    return train.predict_probs(config, predict or train.predict_fn(state), image, tta, tile_size)
 
 
 def evaluate_split(config, state, source, tta: bool = False, warping: bool = True) -> dict:
     """Warping, Rand and pixel errors (ISBI 2012), Dice / IoU and, where the data has
     instances, instance metrics, averaged over the images of ``source``."""
     rows = []
+    predict = train.predict_fn(state)
     for i in range(len(source)):
         ex = source[i]
-        probs = predict_probs(config, state, ex["image"], tta)
+        probs = predict_probs(config, state, ex["image"], tta, predict=predict)
         fg = probs[..., 1:].sum(-1)
         truth = ex["labels"] > 0
         row = {"pixel_error": metrics.pixel_error(fg > 0.5, truth),

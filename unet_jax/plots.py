@@ -6,7 +6,8 @@ import os
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +19,7 @@ def _plt():
 def weight_map_figure(image, instances, weights, path: str | os.PathLike, title: str = "") -> None:
     """Ronneberger et al. 2015, Fig. 3 in spirit: raw image, ground truth (instances in
     colour), the pixel-wise loss weight map."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
     axes[0].imshow(image, cmap="gray")
     axes[0].set_title("a  raw image")
@@ -41,7 +42,7 @@ def weight_map_figure(image, instances, weights, path: str | os.PathLike, title:
 def prediction_overlays(samples, path: str | os.PathLike) -> None:
     """Rows of (image, ground truth, prediction overlay): the predicted foreground contour
     in red and the ground truth in green on the image. ``samples``: (image, labels, fg_prob)."""
-    plt = _plt()
+    plt = pyplot()
     n = max(len(samples), 1)
     fig, axes = plt.subplots(n, 3, figsize=(12, 4 * n), squeeze=False)
     for row, (image, labels, prob) in zip(axes, samples):
@@ -63,7 +64,7 @@ def prediction_overlays(samples, path: str | os.PathLike) -> None:
 
 def training_curves(history: list[dict], path: str | os.PathLike) -> None:
     """Training loss and (when present) validation Dice / pixel error against the step."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     steps = [h["step"] for h in history]
     ax[0].plot(steps, [h["train_loss"] for h in history], label="train loss")

@@ -215,18 +215,34 @@ def predict_fn(state: TrainState):
 
 
 # ------------------------------------------------------------------ evaluation
+def eval_tile_size(config) -> int:
+    """The input tile size used for inference: the training tile or ``data.eval_tile_size``."""
+    return max(tile_sizes(config)[0], config.data.eval_tile_size)
+
+
+def predict_probs(config, predict, image, tta: bool = False, tile_size: int = 0):
+    """[H, W, K] probabilities for one image [H, W, C] with overlap-tile inference.
+
+    ``predict`` comes from :func:`predict_fn` (build it once per model, not per image).
+    """
+    m = config.model
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] != m.in_channels:
+        raise ValueError(f"image has {image.shape[-1]} channels, the model expects {m.in_channels}")
+    return inference.predict_image(predict, image, depth=m.depth, padding=m.padding,
+                                   tile_size=tile_size or eval_tile_size(config),
+                                   num_classes=m.num_classes, tta=tta, batch_tiles=config.eval_batch_tiles)
+
+
 def evaluate(state: TrainState, config, source, tta: bool = False, max_images: int | None = None):
     """Whole-image predictions on a split (overlap-tile inference) and their metrics."""
-    m = config.model
     predict = predict_fn(state)
-    tile_in, _ = tile_sizes(config)
     results, preds = [], []
     for i in range(len(source) if max_images is None else min(len(source), max_images)):
         ex = source[i]
-        probs = inference.predict_image(predict, ex["image"], depth=m.depth, padding=m.padding,
-                                        tile_size=max(tile_in, config.data.eval_tile_size),
-                                        num_classes=m.num_classes, tta=tta,
-                                        batch_tiles=config.eval_batch_tiles)
+        probs = predict_probs(config, predict, ex["image"], tta)
         fg = probs[..., 1:].sum(-1)
         true = ex["labels"] > 0
         dice, iou = metrics.dice_iou((fg > 0.5).astype(int), true.astype(int), 2)
@@ -384,6 +400,7 @@ def _run(config, workdir: Path, is_main: bool, signals: _Signals) -> dict:
                                       "rng": np.asarray(jax.random.key_data(base_rng)).tolist()},
                    metrics=extra_metrics)
 
+    schedule = learning_rate_schedule(config)
     pending = []  # device metrics not yet looked at: (step, sums)
     last_log = time.perf_counter()
     images_since = 0
@@ -421,7 +438,7 @@ def _run(config, workdir: Path, is_main: bool, signals: _Signals) -> dict:
             values = reduce_metrics(totals)
             now = time.perf_counter()
             values["images_per_s"] = images_since / (now - last_log)
-            values["learning_rate"] = float(learning_rate_schedule(config)(step))
+            values["learning_rate"] = float(schedule(step))
             last_log, images_since = now, 0
             writer.write(step, {f"train_{k}": v for k, v in values.items()})
             _tb_write(tb, step, values, "train")
