@@ -1,11 +1,18 @@
-"""The matrix-product kernel gradient against lax's autodiff, alone and inside a U-Net."""
+"""Layers written for speed against their plain references: the matrix-product kernel gradient
+against lax's autodiff (alone and inside a U-Net), the 2x2 transposed convolution against flax's
+ConvTranspose, max_pool2 against the windowed max-pool; the XLA flags the package sets."""
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
-from unet_jax import layers, unet
+from unet_jax import layers, unet, xla_flags
 
 
 @pytest.mark.parametrize("kernel,padding", [((3, 3), "SAME"), ((3, 3), "VALID"), ((1, 1), "SAME"),
@@ -48,3 +55,47 @@ def test_strided_or_grouped_convolutions_fall_back_to_lax():
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="conv_impl must be"):
         layers.conv_impl("cudnn")
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 6), (1, 1, 1, 3)])
+def test_conv_transpose_2x2_equals_flax_conv_transpose(shape):
+    x = jax.random.normal(jax.random.key(1), shape)
+    ref = nn.ConvTranspose(4, (2, 2), strides=(2, 2), padding="VALID")
+    mine = layers.ConvTranspose2x2(4)
+    params = ref.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, mine.init(jax.random.key(0), x))
+    params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(3), a.shape), params)  # bias != 0
+    np.testing.assert_allclose(mine.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+
+    def loss(model, p, x):
+        return jnp.sum(jnp.sin(model.apply(p, x)))
+
+    g_ref = jax.grad(lambda p, x: loss(ref, p, x), (0, 1))(params, x)
+    g_mine = jax.grad(lambda p, x: loss(mine, p, x), (0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(g_mine), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 9, 7, 2), (1, 1, 5, 1)])
+def test_max_pool2_equals_windowed_max_pool(shape):
+    # Distinct values, so both gradients route to the one maximum of each window.
+    x = jnp.asarray(np.random.default_rng(0).permutation(np.prod(shape)).reshape(shape), jnp.float32)
+    ref = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
+    np.testing.assert_array_equal(layers.max_pool2(x), ref(x))
+    w = jnp.arange(np.prod(ref(x).shape), dtype=jnp.float32).reshape(ref(x).shape)
+    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(w * layers.max_pool2(v)))(x),
+                                  jax.grad(lambda v: jnp.sum(w * ref(v)))(x))
+
+
+def test_xla_flags_added_once_and_never_override_the_user():
+    value, added = xla_flags.merged("")
+    assert added and value == " ".join(added)
+    assert xla_flags.merged(value) == (value, [])
+    user = "--xla_cpu_experimental_ynn_fusion_type=dot --xla_force_host_platform_device_count=8"
+    assert xla_flags.merged(user) == (user, [])
+    env = {"UNET_JAX_XLA_FLAGS": "0", "XLA_FLAGS": "--foo=1"}
+    assert xla_flags.apply(env) == [] and env["XLA_FLAGS"] == "--foo=1"
+    out = subprocess.run([sys.executable, "-c", "import os, unet_jax; print(os.environ['XLA_FLAGS'])"],
+                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["--xla_force_host_platform_device_count=2", *added]

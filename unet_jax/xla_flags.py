@@ -1,0 +1,43 @@
+"""XLA CPU options that the library sets where they help (issue 8).
+
+``--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce`` routes matrix products (and the
+elementwise / reduction fusions around them) to XNNPACK's YNN kernels. Measured on the project's
+2-core AVX2 machine: the ISBI training step (16-feature valid U-Net, 572x572 input, batch norm,
+augmentation) 1.96 s -> 1.16 s per step; same losses to ~1e-5 relative.
+The option only affects XLA's CPU backend; GPU runs ignore it.
+
+XLA reads ``XLA_FLAGS`` once, when JAX starts its first backend, so :func:`apply` must run
+before any computation (importing ``unet_jax`` does it). Flags the user already set win:
+an option named in ``XLA_FLAGS`` is never overridden. ``UNET_JAX_XLA_FLAGS=0`` turns this off.
+"""
+from __future__ import annotations
+
+import os
+
+CPU_FLAGS = {"--xla_cpu_experimental_ynn_fusion_type": "dot,eltwise,reduce"}
+
+
+def _backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+        return bool(getattr(xla_bridge, "_backends", {}))
+    except Exception:  # noqa: BLE001 - private API moved: assume not started
+        return False
+
+
+def merged(current: str) -> tuple[str, list[str]]:
+    """(new XLA_FLAGS value, flags added): :data:`CPU_FLAGS` that ``current`` does not name."""
+    named = {f.split("=", 1)[0] for f in current.split()}
+    added = [f"{k}={v}" for k, v in CPU_FLAGS.items() if k not in named]
+    return " ".join([current, *added]).strip(), added
+
+
+def apply(environ=os.environ) -> list[str]:
+    """Sets ``environ['XLA_FLAGS']`` to :func:`merged`; returns the flags added (none when
+    ``UNET_JAX_XLA_FLAGS=0`` or JAX's backend already runs)."""
+    if environ.get("UNET_JAX_XLA_FLAGS", "1") == "0" or _backend_started():
+        return []
+    value, added = merged(environ.get("XLA_FLAGS", ""))
+    if added:
+        environ["XLA_FLAGS"] = value
+    return added
