@@ -87,15 +87,19 @@ def test_max_pool2_equals_windowed_max_pool(shape):
                                   jax.grad(lambda v: jnp.sum(w * ref(v)))(x))
 
 
-def test_xla_flags_added_once_and_never_override_the_user():
+def test_xla_flags_opt_in_added_once_and_never_override_the_user():
     value, added = xla_flags.merged("")
     assert added and value == " ".join(added)
     assert xla_flags.merged(value) == (value, [])
     user = "--xla_cpu_experimental_ynn_fusion_type=dot --xla_force_host_platform_device_count=8"
     assert xla_flags.merged(user) == (user, [])
-    env = {"UNET_JAX_XLA_FLAGS": "0", "XLA_FLAGS": "--foo=1"}
-    assert xla_flags.apply(env) == [] and env["XLA_FLAGS"] == "--foo=1"
-    out = subprocess.run([sys.executable, "-c", "import os, unet_jax; print(os.environ['XLA_FLAGS'])"],
-                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["--xla_force_host_platform_device_count=2", *added]
+    for env in ({"XLA_FLAGS": "--foo=1"}, {"UNET_JAX_XLA_FLAGS": "0", "XLA_FLAGS": "--foo=1"}):
+        assert xla_flags.apply(env) == [] and env["XLA_FLAGS"] == "--foo=1"  # off by default
+    show = [sys.executable, "-c", "import os, unet_jax; print(os.environ['XLA_FLAGS'])"]
+    base = {k: v for k, v in os.environ.items() if k != "UNET_JAX_XLA_FLAGS"}
+    base["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    off = subprocess.run(show, env=base, capture_output=True, text=True, check=True).stdout.split()
+    on = subprocess.run(show, env={**base, "UNET_JAX_XLA_FLAGS": "1"}, capture_output=True, text=True,
+                        check=True).stdout.split()
+    assert off == ["--xla_force_host_platform_device_count=2"]
+    assert on == ["--xla_force_host_platform_device_count=2", *added]

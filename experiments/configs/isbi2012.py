@@ -43,7 +43,7 @@ def get_config(variant: str = "paper"):
         c.optim.learning_rate = 1e-3
         c.optim.schedule = "cosine"
         c.batch_size = 2
-        c.num_steps = 1400  # 2.1 s a step on 2 cores when measured (~50 min); ~1.3 s with unet_jax.xla_flags
+        c.num_steps = 1400  # 2.1 s a step on 2 cores when measured (~50 min); ~1.3 s with UNET_JAX_XLA_FLAGS=1
         c.eval_every = 350
         c.eval_max_images = 2
         c.checkpoint_every = 350
