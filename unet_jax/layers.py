@@ -66,9 +66,11 @@ def fast_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=No
     """Drop-in for ``lax.conv_general_dilated`` (flax ``nn.Conv(conv_general_dilated=...)``):
     plain stride-1 NHWC convolutions with at least ``min_channels`` input and output channels
     take :func:`conv_matmul_grad`, anything else goes to lax."""
-    plain = (lhs.ndim == 4 and rhs.shape[-2] >= min_channels and rhs.shape[-1] >= min_channels and all(s == 1 for s in window_strides) and feature_group_count == 1
+    plain = (lhs.ndim == 4 and rhs.shape[-2] >= min_channels and rhs.shape[-1] >= min_channels
+             and all(s == 1 for s in window_strides) and feature_group_count == 1
              and not kwargs and precision is None
-             and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
+             and all(d == 1 for d in (lhs_dilation or (1, 1)))
+             and all(d == 1 for d in (rhs_dilation or (1, 1)))
              and dimension_numbers is not None
              and tuple(dimension_numbers) == tuple(lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)))
     if not plain:
