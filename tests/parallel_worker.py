@@ -24,7 +24,6 @@ def main():
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={a.devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import functools
 
     import jax
     import numpy as np
@@ -39,7 +38,13 @@ def main():
     size = train.tile_sizes(config)[0]
     b = config.batch_size
     state = train.create_state(config, jax.random.key(0, impl="rbg"))
-    runner = parallel.Runner(functools.partial(train.train_step, cfg=train.step_config(config)), a.mode)
+    traces = []
+
+    def step(*args, **kwargs):  # counts the traces of the step (one per compilation)
+        traces.append(1)
+        return train.train_step(*args, cfg=train.step_config(config), **kwargs)
+
+    runner = parallel.Runner(step, a.mode)
     if runner.mode == "pmap":
         state = state.replace(apply_fn=train.create_model(config, parallel.AXIS).apply)
     dstate = runner.put_state(state)
@@ -47,12 +52,17 @@ def main():
     per = b // a.num_processes
     lo = a.process_id * per
     for _ in range(3):
-        batch = {"image": rng.random((b, size, size, 1), np.float32),
+        # the second half of the global batch is 6x brighter: batch statistics taken per device
+        # or per process instead of over the global batch would change the result visibly
+        scale = np.repeat(np.array([1.0, 6.0], np.float32), b // 2)[:, None, None, None]
+        batch = {"image": rng.random((b, size, size, 1), np.float32) * scale,
                  "labels": rng.integers(0, 2, (b, size, size)).astype(np.int32),
                  "weights": rng.uniform(0.5, 3, (b, size, size)).astype(np.float32),
                  "index": np.arange(b, dtype=np.int32)}
         local = {k: v[lo:lo + per] for k, v in batch.items()}
-        dstate, metrics = runner(dstate, local, jax.random.key(7, impl="rbg"))
+        # placed on the devices ahead of the step, as the training loop's DevicePrefetch does
+        dstate, metrics = runner(dstate, runner.put_device_batch(local), jax.random.key(7, impl="rbg"),
+                                 placed=True)
     final = runner.get_state(dstate)
     leaves = jax.tree_util.tree_leaves_with_path(final.params)
     flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
@@ -60,6 +70,7 @@ def main():
         flat.update({"bs" + jax.tree_util.keystr(k): np.asarray(v)
                      for k, v in jax.tree_util.tree_leaves_with_path(final.batch_stats)})
     flat["loss"] = np.asarray(runner.metrics(metrics)["loss"][0]) / np.asarray(runner.metrics(metrics)["loss"][1])
+    flat["traces"] = np.asarray(len(traces))  # 1 in every mode: no recompilation after step 1
     if jax.process_index() == 0:
         np.savez(a.out, **flat)
     print("devices", jax.device_count(), "processes", jax.process_count(), "mode", runner.mode)

@@ -47,6 +47,7 @@ def test_eight_device_step_equals_jit(reference, tmp_path, mode):
     # the runs did change the parameters (the comparison is not between two initial states)
     init = np.load(reference)
     assert float(init["loss"]) > 0
+    assert int(np.load(out)["traces"]) == 1  # the step compiled once, not again on its 2nd call
 
 
 def test_two_process_run_equals_single_process(reference, tmp_path):
@@ -56,3 +57,33 @@ def test_two_process_run_equals_single_process(reference, tmp_path):
                                                   "--coordinator", f"127.0.0.1:{port}"]) for i in range(2)]
     _wait(procs)
     _assert_same(reference, out)
+    assert int(np.load(out)["traces"]) == 1
+
+
+class _Counting:
+    """A finite data iterator whose state is the number of batches handed out."""
+
+    def __init__(self, n):
+        self.n, self.i = n, 0
+
+    def __next__(self):
+        if self.i == self.n:
+            raise StopIteration
+        self.i += 1
+        return {"x": np.full(2, self.i)}
+
+    def get_state(self):
+        return {"i": self.i}
+
+
+def test_device_prefetch_reports_the_state_of_the_last_batch_taken():
+    from unet_jax import parallel
+
+    put = []
+    it = parallel.DevicePrefetch(_Counting(5), lambda b: put.append(int(b["x"][0])) or b, size=2)
+    assert it.get_state() == {"i": 0}
+    first = next(it)
+    assert int(first["x"][0]) == 1 and put == [1, 2, 3]  # two more already on their way
+    assert it.get_state() == {"i": 1}  # a checkpoint now resumes at batch 2, not 4
+    rest = [int(b["x"][0]) for b in it]
+    assert rest == [2, 3, 4, 5] and it.get_state() == {"i": 5}

@@ -7,6 +7,7 @@ state replicated; XLA inserts the gradient all-reduce itself.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import os
 
@@ -77,6 +78,9 @@ class Runner:
             self.fn = jax.jit(step, donate_argnums=donate_argnums)
         elif self.mode == "pmap":
             self.n_local = jax.local_device_count()
+            # where pmap leaves its outputs: giving the first call the state and batches placed
+            # the same way keeps it from compiling the step a second time on the second call
+            self.stacked = NamedSharding(Mesh(np.asarray(jax.local_devices()), (AXIS,)), P(AXIS))
             self.fn = jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
                                in_axes=(0, 0, None), donate_argnums=donate_argnums)
         else:
@@ -91,9 +95,12 @@ class Runner:
         """Host (or single-device) state -> the layout the step takes."""
         if self.mode == "jit":
             return state
-        if self.mode == "pmap":  # stacked copies; pmap places one on each local device
-            return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (self.n_local,) + np.shape(x)),
-                                state)
+        if self.mode == "pmap":  # stacked copies, one on each local device
+            def stack(x):
+                x = np.asarray(x)
+                x = x.astype(jax.dtypes.canonicalize_dtype(x.dtype))
+                return jax.device_put(np.broadcast_to(x, (self.n_local,) + x.shape), self.stacked)
+            return jax.tree.map(stack, state)
         return jax.device_put(state, self.replicated)
 
     def get_state(self, state):
@@ -110,11 +117,54 @@ class Runner:
             return jax.tree.map(lambda x: x.reshape((self.n_local, -1) + x.shape[1:]), batch)
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharded, x), batch)
 
-    def __call__(self, state, batch, rng):
-        return self.fn(state, self.put_batch(batch), rng)
+    def put_device_batch(self, batch: dict):
+        """:meth:`put_batch`, then started on its way to the devices (asynchronously)."""
+        batch = self.put_batch(batch)
+        if self.mode == "jit":
+            return jax.device_put(batch)
+        if self.mode == "pmap":
+            return jax.device_put(batch, self.stacked)
+        return batch  # mesh: put_batch made device arrays already
+
+    def __call__(self, state, batch, rng, placed: bool = False):
+        """One step; ``placed``: the batch came from :meth:`put_device_batch` (or
+        :class:`DevicePrefetch`)."""
+        return self.fn(state, batch if placed else self.put_batch(batch), rng)
 
     def metrics(self, metrics):
         """Metrics to host numbers (pmap returns one identical copy per device)."""
         if self.mode == "pmap":
             return jax.tree.map(lambda x: np.asarray(x)[0], metrics)
         return jax.tree.map(np.asarray, metrics)
+
+
+class DevicePrefetch:
+    """Iterator over a data iterator's batches, ``size`` of them on their way to the devices
+    ahead of the step that uses them, so that host-to-device copies overlap computation.
+
+    ``get_state`` is the data iterator's state after the last batch *taken* from here (not the
+    last one fetched), so a checkpoint resumes exactly at the next unused batch.
+    """
+
+    def __init__(self, iterator, put, size: int = 2):
+        self.it, self.put, self.size = iterator, put, size
+        self.queue = collections.deque()
+        self.state = iterator.get_state()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while len(self.queue) <= self.size:
+            try:
+                batch = next(self.it)
+            except StopIteration:
+                if not self.queue:
+                    raise
+                break
+            self.queue.append((self.put(batch), self.it.get_state()))
+        batch, self.state = self.queue.popleft()
+        return batch
+
+    def get_state(self):
+        return self.state

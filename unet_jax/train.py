@@ -392,11 +392,12 @@ def _run(config, workdir: Path, is_main: bool, signals: _Signals) -> dict:
     if runner.mode == "pmap":  # batch statistics averaged over the pmap axis
         state = state.replace(apply_fn=create_model(config, parallel.AXIS).apply)
     dstate = runner.put_state(state)
+    batches = parallel.DevicePrefetch(data_iter, runner.put_device_batch, size=2)
     writer = MetricWriter(workdir, enabled=is_main)
     tb = _tensorboard(workdir) if is_main else None
 
     def save(step, host_state, extra_metrics=None):
-        ckpts.save(step, host_state, {"step": step, "loader": data_iter.get_state(), "config": config_dict,
+        ckpts.save(step, host_state, {"step": step, "loader": batches.get_state(), "config": config_dict,
                                       "rng": np.asarray(jax.random.key_data(base_rng)).tolist()},
                    metrics=extra_metrics)
 
@@ -414,8 +415,7 @@ def _run(config, workdir: Path, is_main: bool, signals: _Signals) -> dict:
     budget_hit = False
     try:
         while step < config.num_steps:
-            batch = next(data_iter)
-            dstate, sums = runner(dstate, batch, base_rng)
+            dstate, sums = runner(dstate, next(batches), base_rng, placed=True)
             step += 1
             images_since += config.batch_size
             pending.append((step, sums))

@@ -1,0 +1,58 @@
+"""The GPU benchmark's model-FLOP count against XLA's own cost analysis (an independent count)."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from benchmarks import gpu_speed
+from unet_jax import train, unet
+
+
+def _xla_flops(fn, *args) -> float:
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+@pytest.mark.parametrize("padding,size,upsample", [("valid", 92, "transpose"), ("same", 64, "transpose")])
+def test_model_flops_match_xla_forward(padding, size, upsample):
+    model = unet.UNet(features=8, depth=2, padding=padding, upsample=upsample)
+    x = jnp.zeros((2, size, size, 1))
+    params = model.init(jax.random.key(0), x[:1])
+    counted = gpu_speed.model_flops(model, x.shape)
+    xla = _xla_flops(model.apply, params, x)
+    # XLA also counts bias adds, ReLUs and pooling (a few FLOPs per element against 2*9*C per
+    # convolution output) and leaves out products with same-padding zeros (2.5 % here)
+    low = 1.0 if padding == "valid" else 0.95
+    assert low * counted <= xla <= 1.08 * counted, (counted, xla)
+
+
+def test_train_step_flops_are_three_forward_passes():
+    model = unet.UNet(features=8, depth=2, padding="valid", conv="xla")
+    batch = jax.tree.map(jnp.asarray, gpu_speed.make_batch(2, 92))
+    out = unet.output_size(92, 2, "valid")
+    params = model.init(jax.random.key(0), batch["image"][:1])["params"]
+    state = train.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(1e-2))
+    step = functools.partial(train.train_step, cfg=train.StepConfig(loss="weighted_ce", crop=(92 - out) // 2))
+    xla = _xla_flops(step, state, batch, jax.random.key(0))
+    counted = 3 * gpu_speed.model_flops(model, batch["image"].shape)
+    # the first layer's input gradient is not needed (1 channel: a small share), the rest is 3 passes
+    assert 0.9 * counted <= xla <= 1.15 * counted, (counted, xla)
+
+
+def test_largest_batch_search_and_json_lines(tmp_path):
+    out = tmp_path / "speed.jsonl"
+    lines = gpu_speed.main(["--size", "92", "--features", "4", "--depth", "2", "--batches", "1,2,max",
+                            "--max_batch", "8", "--steps", "1", "--dtypes", "float32",
+                            "--inference_batch", "2", "--output", str(out)])
+    kinds = [d["benchmark"] for d in lines]
+    batches = [d["batch"] for d in lines if d["benchmark"] == "gpu_train"]
+    # without a device memory limit (CPU) the search aims at 90 % of --max_batch images' bytes
+    assert batches[:2] == [1, 2] and len(batches) == 3 and batches[2] in (4, 8), batches
+    assert {"largest_batch", "gpu_inference", "bf16_vs_f32"} <= set(kinds)
+    assert all(d["finite"] for d in lines if d["benchmark"] == "gpu_train")
+    assert len(out.read_text().splitlines()) == len(lines)
+    agree = next(d for d in lines if d["benchmark"] == "bf16_vs_f32")
+    assert agree["loss_rel_diff"] < 0.05 and agree["grad_cosine"] > 0.9
