@@ -143,6 +143,8 @@ def test_evaluate_cli_prints_table1_and_writes_json(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| Warping Error | Rand Error | Pixel Error |" in proc.stdout
     res = json.loads((tmp_path / "e.json").read_text())
-    for k in ("warping_error", "rand_error", "pixel_error", "dice_1", "iou_1", "dsb_map", "f1@0.5"):
+    for k in ("warping_error", "rand_error", "rand_error_bg_segment", "pixel_error",
+              "pixel_error_best_threshold", "dice_1", "iou_1", "dsb_map", "f1@0.5"):
         assert 0 <= res[k] <= 1, k
+    assert res["pixel_error_best_threshold"] <= res["pixel_error"]  # 0.5 is among the thresholds
     assert res["images"] == 2

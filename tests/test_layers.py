@@ -35,15 +35,49 @@ def test_matmul_kernel_gradient_equals_lax(kernel, padding):
                                lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn), atol=1e-5)
 
 
+@pytest.mark.parametrize("strategy", ["xla", "offsets", "rows"])
+@pytest.mark.parametrize("shape,kernel,padding", [((2, 13, 10, 8), (3, 3), "VALID"),
+                                                  ((1, 12, 9, 8), (3, 3), "SAME"),
+                                                  ((2, 9, 8, 4), (2, 4), ((2, 0), (1, 1)))])
+def test_kernel_gradient_strategies_equal_lax(strategy, shape, kernel, padding, monkeypatch):
+    # small row blocks, so that "rows" loops over several blocks (and a last one of odd height)
+    monkeypatch.setattr(layers, "ROW_BLOCK_BYTES", 2 * shape[0] * shape[2] * kernel[0] * kernel[1] * shape[3] * 4)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(kernel + (shape[3], 6)), jnp.float32)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    pad = layers._explicit_padding(padding, kernel)
+    y, vjp = jax.vjp(lambda w: lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=dn), w)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    ref = vjp(g)[0]
+    got = jax.jit(layers.kernel_grad, static_argnums=(3, 4))(x, w, g, pad, strategy)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_row_block_is_the_largest_divisor_that_fits(monkeypatch):
+    monkeypatch.setattr(layers, "ROW_BLOCK_BYTES", 1000)
+    per_row = 1 * 10 * 3 * 3 * 2 * 4  # 720 bytes
+    assert layers.row_block(1, 12, 10, 2, 3, 3) == 1
+    monkeypatch.setattr(layers, "ROW_BLOCK_BYTES", 5 * per_row)
+    assert layers.row_block(1, 12, 10, 2, 3, 3) == 4  # divisors of 12 up to 5 rows: 1, 2, 3, 4
+    assert layers.row_block(1, 11, 10, 2, 3, 3) == 1  # 11 is prime
+    assert layers.kernel_grad_strategy((1, 64, 64, 16), (1, 64, 64, 16)) == "rows"
+    assert layers.kernel_grad_strategy((1, 64, 64, 1), (1, 64, 64, 16)) == "xla"
+    with pytest.raises(ValueError, match="strategy must be"):
+        layers.kernel_grad(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), jnp.ones((1, 2, 2, 2)),
+                           ((0, 0), (0, 0)), "im2col")
+
+
 def test_unet_gradients_agree_between_conv_implementations():
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 1))
     grads = {}
-    for impl in ("xla", "matmul"):
+    for impl in ("xla", "matmul", "rows", "auto"):
         model = unet._UNetTiny(padding="same", conv=impl)
         params = model.init(jax.random.key(1), x)
         grads[impl] = jax.grad(lambda p: jnp.mean(model.apply(p, x) ** 2))(params)
-    for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["matmul"])):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for impl in ("matmul", "rows", "auto"):
+        for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads[impl])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=impl)
 
 
 def test_strided_or_grouped_convolutions_fall_back_to_lax():

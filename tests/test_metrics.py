@@ -74,15 +74,107 @@ def test_rand_error_equals_skimage(seed):
     assert {round(p, 12), round(r, 12)} == {round(sk_p, 12), round(sk_r, 12)}
 
 
-def test_rand_error_over_thresholds_matches_skimage_on_components():
+@pytest.mark.parametrize("background", ["singletons", "segment"])
+def test_rand_error_over_thresholds_matches_skimage_on_components(background):
     rng = np.random.default_rng(1)
     truth = _box((40, 40), (2, 15, 2, 15), (20, 38, 5, 30))
     prob = np.clip(truth * 0.8 + rng.normal(0, 0.25, truth.shape), 0, 1)
-    err, t = metrics.rand_error(prob, truth)
-    ref = sk_adapted_rand(metrics.segments(truth), metrics.segments(prob > t))[0]
-    assert err == pytest.approx(ref)
+    err, t = metrics.rand_error(prob, truth, background=background)
+
+    def sk(threshold):  # skimage on the label images: truth's components, the prediction's
+        pred = metrics.segments(prob > threshold)  # components, its background as singletons
+        if background == "singletons":  # (relabelled here independently of the library)
+            pred = pred.copy()
+            pred[pred == 0] = np.arange(1, np.sum(pred == 0) + 1) + pred.max()
+        return sk_adapted_rand(metrics.segments(truth), pred)[0]
+
+    assert err == pytest.approx(sk(t))
     for other in (0.2, 0.5, 0.8):
-        assert err <= sk_adapted_rand(metrics.segments(truth), metrics.segments(prob > other))[0] + 1e-12
+        assert err <= sk(other) + 1e-12
+
+
+def _snemi3d_rand_error(true_seg, pred_seg):
+    """The SNEMI3D / ISBI 2012 scoring formula (Arganda-Carreras et al.), written out from its
+    definition: with n_ij the pixel counts of true segment i >= 1 and predicted segment j, the
+    predicted background (j = 0) adds only c_i / n single-pixel terms to both sums."""
+    n = true_seg.size
+    table = np.zeros((true_seg.max() + 1, pred_seg.max() + 1))
+    np.add.at(table, (true_seg.ravel(), pred_seg.ravel()), 1)
+    fg = table[1:]
+    sum_a = np.sum(fg.sum(1) ** 2)
+    c = fg[:, 0].sum()
+    sum_b = np.sum(fg[:, 1:].sum(0) ** 2) + c / n
+    sum_ab = np.sum(fg[:, 1:] ** 2) + c / n
+    p, r = sum_ab / sum_b, sum_ab / sum_a
+    return 1 - 2 * p * r / (p + r)
+
+
+def _cells_with_thick_borders(rng, size=192, cells=30, border=2):
+    """Voronoi cells (truth: 1-pixel borders) and a prediction with thicker, wobbly borders."""
+    seeds = rng.uniform(0, size, (cells, 2))
+    yy, xx = np.mgrid[:size, :size]
+    d = np.hypot(yy[..., None] - seeds[:, 0], xx[..., None] - seeds[:, 1])
+    d.sort(-1)
+    gap = d[..., 1] - d[..., 0]
+    truth = gap > 1.0
+    pred = gap > border + rng.uniform(-1, 1, gap.shape)
+    return truth, pred
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_singleton_background_is_the_isbi_snemi3d_score(seed):
+    truth, pred = _cells_with_thick_borders(np.random.default_rng(seed))
+    true_seg = metrics.segments(truth)
+    ours = metrics.rand_error(pred.astype(float), truth)[0]
+    ref = _snemi3d_rand_error(true_seg, metrics.segments(pred))
+    # the formulas differ only in counting each pixel's pair with itself (2e-5 apart here)
+    assert ours == pytest.approx(ref, abs=2e-4)
+    # counting all predicted border pixels as one segment is far from the challenge's score
+    assert metrics.rand_error(pred.astype(float), truth, background="segment")[0] > ref + 0.05
+
+
+def test_border_thinning_puts_thin_lines_where_thick_predicted_borders_were():
+    # two cells separated by a 1-pixel true border (column 20); the prediction has a 7-pixel
+    # border (columns 17-23) whose probability dips symmetrically around column 20
+    truth = np.ones((30, 41), bool)
+    truth[:, 20] = False
+    x = np.arange(41)
+    prob = np.tile(np.clip(np.abs(x - 20) / 4.0, 0, 1), (30, 1))
+    thick = metrics.rand_error(prob, truth, thresholds=[0.9])[0]
+    assert thick > 0.1  # the 6 extra border columns are singletons inside the true cells
+    assert metrics.rand_error(prob, truth, thresholds=[0.9], thin=True)[0] == pytest.approx(0.0, abs=1e-12)
+    seeds = metrics.segments(prob > 0.9)
+    lab = metrics.thin_boundaries(prob, seeds)
+    np.testing.assert_array_equal(lab == 0, ~truth)  # the line lies on the ridge, 1 pixel wide
+    assert set(np.unique(lab)) == {0, 1, 2}
+
+
+def test_border_thinning_neither_adds_removes_nor_merges_segments():
+    truth, pred = _cells_with_thick_borders(np.random.default_rng(5))
+    rng = np.random.default_rng(6)
+    prob = np.clip(pred * 0.7 + rng.uniform(0, 0.3, pred.shape), 0, 1)
+    seeds = metrics.segments(prob > 0.5)
+    lab = metrics.thin_boundaries(prob, seeds)
+    assert np.all(lab[seeds > 0] == seeds[seeds > 0])  # seeds keep their labels
+    assert set(np.unique(lab)) - {0} == set(np.unique(seeds)) - {0}
+    # every remaining border pixel separates two segments: it touches (8-neighbourhood) 2 labels
+    pad = np.pad(lab, 1)
+    ys, xs = np.nonzero(lab == 0)
+    for y, x in zip(ys[::97], xs[::97]):
+        window = pad[y:y + 3, x:x + 3]
+        assert len(set(window[window > 0].tolist())) >= 2, (y, x)
+    assert np.mean(lab == 0) < np.mean(seeds == 0)
+    # and thinning can only lower the Rand error of thick borders here
+    assert (metrics.rand_error(prob, truth, thin=True)[0] < metrics.rand_error(prob, truth)[0])
+
+
+def test_with_singletons_and_bad_background_name():
+    seg = np.array([[0, 2, 2], [0, 0, 1]])
+    out = metrics.with_singletons(seg)
+    assert out[seg > 0].tolist() == [2, 2, 1] and sorted(out[seg == 0].tolist()) == [3, 4, 5]
+    assert seg[0, 0] == 0  # the input is not changed
+    with pytest.raises(ValueError, match="background must be"):
+        metrics.rand_error(seg > 0, seg > 0, background="ignore")
 
 
 def test_dice_iou_and_empty_masks():

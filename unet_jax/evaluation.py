@@ -46,9 +46,18 @@ def predict_probs(config, state, image, tta: bool = False, tile_size: int = 0, p
     return train.predict_probs(config, predict or train.predict_fn(state), image, tta, tile_size)
 
 
+THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 2)  # 0.5 exactly among them
+
+
 def evaluate_split(config, state, source, tta: bool = False, warping: bool = True) -> dict:
     """Warping, Rand and pixel errors (ISBI 2012), Dice / IoU and, where the data has
-    instances, instance metrics, averaged over the images of ``source``."""
+    instances, instance metrics, averaged over the images of ``source``.
+
+    ``pixel_error`` thresholds the foreground probability at 0.5; ``pixel_error_best_threshold``
+    is the smallest over the thresholds 0.05, 0.10, ..., 0.95 (as the Rand and warping errors
+    are). ``rand_error`` counts predicted boundary pixels as singletons (ISBI 2012),
+    ``rand_error_bg_segment`` as one segment, ``rand_error_thinned`` as singletons after border
+    thinning (see :func:`unet_jax.metrics.rand_error`)."""
     rows = []
     predict = train.predict_fn(state)
     for i in range(len(source)):
@@ -57,7 +66,10 @@ def evaluate_split(config, state, source, tta: bool = False, warping: bool = Tru
         fg = probs[..., 1:].sum(-1)
         truth = ex["labels"] > 0
         row = {"pixel_error": metrics.pixel_error(fg > 0.5, truth),
-               "rand_error": metrics.rand_error(fg, truth)[0]}
+               "pixel_error_best_threshold": min(metrics.pixel_error(fg > t, truth) for t in THRESHOLDS),
+               "rand_error": metrics.rand_error(fg, truth)[0],
+               "rand_error_bg_segment": metrics.rand_error(fg, truth, background="segment")[0],
+               "rand_error_thinned": metrics.rand_error(fg, truth, thin=True)[0]}
         if warping:
             row["warping_error"] = metrics.warping_error(fg, truth)["error"]
         dice, iou = metrics.dice_iou(probs.argmax(-1), ex["labels"], config.model.num_classes)

@@ -119,8 +119,9 @@ class UNet(nn.Module):
       upsample: ``transpose`` (2x2 up-convolution, paper) or ``bilinear`` (resize + 3x3 conv).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay ``param_dtype``.
       axis_name: pmap axis for cross-device batch statistics.
-      conv: ``auto`` (matrix-product kernel gradients on CPU, XLA's elsewhere), ``xla`` or
-        ``matmul``; the forward pass is the same.
+      conv: ``auto`` (row-block matrix-product kernel gradients on CPU, XLA's elsewhere),
+        ``xla``, ``matmul`` or ``rows`` (see :func:`layers.conv_impl`); the forward pass is the
+        same.
     """
 
     num_classes: int = 2

@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.dropout = 0.0  # dropout at the end of the contracting path
     m.upsample = "transpose"  # transpose (paper) | bilinear
     m.dtype = "float32"  # compute dtype (bfloat16 on GPUs)
-    m.conv = "auto"  # kernel gradients: auto (matrix products on CPU) | xla | matmul
+    m.conv = "auto"  # kernel gradients: auto (per-layer choice on CPU) | xla | matmul | rows
 
     c.data = d = ml_collections.ConfigDict()
     d.dataset = "synthetic_cells"  # synthetic_cells | isbi2012 | nuclei_dsb | image_folder
