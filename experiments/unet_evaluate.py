@@ -19,6 +19,9 @@ flags.DEFINE_string("split", "test", "TFDS split (slicing allowed).")
 flags.DEFINE_string("tfds_dir", "", "Prepared datasets (default: the run's, else ~/tensorflow_datasets).")
 flags.DEFINE_bool("tta", False, "Test-time augmentation.")
 flags.DEFINE_bool("warping", True, "Compute the warping error (slow on large images).")
+flags.DEFINE_string("calibrate_split", "", "Choose the foreground threshold with the smallest pixel "
+                    "error on this split (e.g. the training slices) and also report the evaluated "
+                    "split's pixel error at it (pixel_error_calibrated).")
 flags.DEFINE_string("output", "", "JSON file (default: WORKDIR/eval_DATASET.json).")
 
 
@@ -36,9 +39,13 @@ def main(argv):
                            num_test=config.data.synthetic_test)
         if FLAGS.dataset in ("nuclei_dsb", "image_folder"):
             options["channels"] = config.model.in_channels
-        source = builders.load(FLAGS.dataset, tfds_dir, FLAGS.data_dir, splits=(FLAGS.split,),
-                               **options)[FLAGS.split]
-        results = evaluation.evaluate_split(config, state, source, FLAGS.tta, FLAGS.warping)
+        splits = (FLAGS.split,) + ((FLAGS.calibrate_split,) if FLAGS.calibrate_split else ())
+        sources = builders.load(FLAGS.dataset, tfds_dir, FLAGS.data_dir, splits=splits, **options)
+        threshold = None
+        if FLAGS.calibrate_split:
+            threshold = evaluation.calibrate_threshold(config, state, sources[FLAGS.calibrate_split], FLAGS.tta)
+        results = evaluation.evaluate_split(config, state, sources[FLAGS.split], FLAGS.tta, FLAGS.warping,
+                                            threshold=threshold)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -46,7 +53,7 @@ def main(argv):
     print(json.dumps(results, indent=1))
     path = Path(FLAGS.output or Path(FLAGS.workdir) / f"eval_{FLAGS.dataset}.json")
     path.write_text(json.dumps({"dataset": FLAGS.dataset, "split": FLAGS.split, "tta": FLAGS.tta,
-                                **results}, indent=1))
+                                "calibrate_split": FLAGS.calibrate_split, **results}, indent=1))
 
 
 if __name__ == "__main__":

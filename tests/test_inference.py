@@ -138,7 +138,8 @@ def test_evaluate_cli_prints_table1_and_writes_json(trained, tmp_path):
     config = json.loads((trained / "config.json").read_text())
     proc = subprocess.run([sys.executable, "-m", "experiments.unet_evaluate", "--workdir", str(trained),
                            "--dataset", "synthetic_cells", "--split", "test",
-                           "--tfds_dir", config["data"]["tfds_dir"], "--output", str(tmp_path / "e.json")],
+                           "--tfds_dir", config["data"]["tfds_dir"], "--output", str(tmp_path / "e.json"),
+                           "--calibrate_split", "test"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| Warping Error | Rand Error | Pixel Error |" in proc.stdout
@@ -147,4 +148,8 @@ def test_evaluate_cli_prints_table1_and_writes_json(trained, tmp_path):
               "pixel_error_best_threshold", "dice_1", "iou_1", "dsb_map", "f1@0.5"):
         assert 0 <= res[k] <= 1, k
     assert res["pixel_error_best_threshold"] <= res["pixel_error"]  # 0.5 is among the thresholds
+    # calibrated on the evaluated split itself: one threshold for all images can do no better
+    # than each image's best, and no worse than 0.5 (one of the candidates)
+    assert res["pixel_error_best_threshold"] <= res["pixel_error_calibrated"] <= res["pixel_error"]
+    assert res["calibrated_threshold"] in evaluation.THRESHOLDS and res["calibrate_split"] == "test"
     assert res["images"] == 2

@@ -49,7 +49,21 @@ def predict_probs(config, state, image, tta: bool = False, tile_size: int = 0, p
 THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 2)  # 0.5 exactly among them
 
 
-def evaluate_split(config, state, source, tta: bool = False, warping: bool = True) -> dict:
+def calibrate_threshold(config, state, source, tta: bool = False) -> float:
+    """The foreground threshold (one of ``THRESHOLDS``) with the smallest pixel error summed over
+    the images of ``source`` — chosen on data other than the evaluated split (e.g. the training
+    slices), it corrects the bias of a class-weighted loss without looking at the test set."""
+    predict = train.predict_fn(state)
+    errors = np.zeros(len(THRESHOLDS))
+    for i in range(len(source)):
+        ex = source[i]
+        fg = predict_probs(config, state, ex["image"], tta, predict=predict)[..., 1:].sum(-1)
+        errors += [metrics.pixel_error(fg > t, ex["labels"] > 0) for t in THRESHOLDS]
+    return float(THRESHOLDS[int(np.argmin(errors))])
+
+
+def evaluate_split(config, state, source, tta: bool = False, warping: bool = True,
+                   threshold: float | None = None) -> dict:
     """Warping, Rand and pixel errors (ISBI 2012), Dice / IoU and, where the data has
     instances, instance metrics, averaged over the images of ``source``.
 
@@ -57,7 +71,8 @@ def evaluate_split(config, state, source, tta: bool = False, warping: bool = Tru
     is the smallest over the thresholds 0.05, 0.10, ..., 0.95 (as the Rand and warping errors
     are). ``rand_error`` counts predicted boundary pixels as singletons (ISBI 2012),
     ``rand_error_bg_segment`` as one segment, ``rand_error_thinned`` as singletons after border
-    thinning (see :func:`unet_jax.metrics.rand_error`)."""
+    thinning (see :func:`unet_jax.metrics.rand_error`). With ``threshold`` (from
+    :func:`calibrate_threshold`) also ``pixel_error_calibrated`` at that threshold."""
     rows = []
     predict = train.predict_fn(state)
     for i in range(len(source)):
@@ -70,6 +85,9 @@ def evaluate_split(config, state, source, tta: bool = False, warping: bool = Tru
                "rand_error": metrics.rand_error(fg, truth)[0],
                "rand_error_bg_segment": metrics.rand_error(fg, truth, background="segment")[0],
                "rand_error_thinned": metrics.rand_error(fg, truth, thin=True)[0]}
+        if threshold is not None:
+            row.update(pixel_error_calibrated=metrics.pixel_error(fg > threshold, truth),
+                       calibrated_threshold=threshold)
         if warping:
             row["warping_error"] = metrics.warping_error(fg, truth)["error"]
         dice, iou = metrics.dice_iou(probs.argmax(-1), ex["labels"], config.model.num_classes)
