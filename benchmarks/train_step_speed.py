@@ -76,8 +76,9 @@ def jax_step(batch: int, size: int, features: int, depth: int, inference: bool, 
             loss.block_until_ready()
 
     # FLOPs as XLA counts them for the same step with plain XLA convolutions: the row-block loop
-    # of the CPU kernel gradients (unet_jax.layers.kernel_grad) hides its products from the count
-    plain, plain_args = build("xla")
+    # of the CPU kernel gradients (unet_jax.layers.kernel_grad) hides its products from the count.
+    # Inference has no kernel gradients, so its own step is already plain.
+    plain, plain_args = (fn, args) if inference else build("xla")
     cost = plain.lower(*plain_args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0

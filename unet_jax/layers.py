@@ -29,12 +29,11 @@ def _explicit_padding(padding, kernel):
 ROW_BLOCK_BYTES = 1.5e6  # patch bytes of one row block (about an L2 cache's worth)
 
 
-def kernel_grad_strategy(x_shape, g_shape) -> str:
+def kernel_grad_strategy(x_shape) -> str:
     """How :func:`conv_matmul_grad` computes a kernel gradient on the CPU: ``rows`` for layers of
     >= 8 input channels, else ``xla``. Measured on a 2-core AVX-512 machine, whole train steps
     timed in turns (issue 8): depth-4 U-Net, 1x512x512, 16 features: xla 992 ms, offsets for
     >= 64 channels 1,067, rows 848; 2x256x256, 64 features: 4,467 / 6,712 / 4,261 ms."""
-    del g_shape
     return "rows" if x_shape[-1] >= 8 else "xla"
 
 
@@ -104,7 +103,7 @@ def _conv_bwd(padding, strategy, res, g):
     dx = jax.vjp(lambda v: lax.conv_general_dilated(v, w, (1, 1), padding, dimension_numbers=_NHWC),
                  x)[1](g)[0]
     if strategy == "auto":
-        strategy = kernel_grad_strategy(x.shape, g.shape)
+        strategy = kernel_grad_strategy(x.shape)
     return dx, kernel_grad(x, w, g, padding, strategy).astype(w.dtype)
 
 
@@ -113,13 +112,11 @@ conv_matmul_grad.defvjp(_conv_fwd, _conv_bwd)
 
 def fast_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                               dimension_numbers=None, feature_group_count=1, precision=None,
-                              min_channels: int = 0, strategy: str = "offsets", **kwargs):
+                              strategy: str = "offsets", **kwargs):
     """Drop-in for ``lax.conv_general_dilated`` (flax ``nn.Conv(conv_general_dilated=...)``):
-    plain stride-1 NHWC convolutions with at least ``min_channels`` input and output channels
-    take :func:`conv_matmul_grad` with the kernel-gradient ``strategy``, anything else goes to
-    lax."""
-    plain = (lhs.ndim == 4 and rhs.shape[-2] >= min_channels and rhs.shape[-1] >= min_channels
-             and all(s == 1 for s in window_strides) and feature_group_count == 1
+    plain stride-1 NHWC convolutions take :func:`conv_matmul_grad` with the kernel-gradient
+    ``strategy``, anything else goes to lax."""
+    plain = (lhs.ndim == 4 and all(s == 1 for s in window_strides) and feature_group_count == 1
              and not kwargs and precision is None
              and all(d == 1 for d in (lhs_dilation or (1, 1)))
              and all(d == 1 for d in (rhs_dilation or (1, 1)))
