@@ -27,13 +27,13 @@ flags.DEFINE_string("output", "", "JSON file (default: WORKDIR/eval_DATASET.json
 
 def main(argv):
     del argv
-    from unet_jax import evaluation
+    from unet_jax import evaluation, train
     from unet_jax.data import builders
 
     try:
         config, state = evaluation.load_trained(FLAGS.workdir)
         tfds_dir = FLAGS.tfds_dir or config.data.tfds_dir or os.path.expanduser("~/tensorflow_datasets")
-        options = {"w0": config.data.w0, "sigma": config.data.sigma}
+        options = train.weight_map_options(config.data)
         if FLAGS.dataset == "synthetic_cells":
             options.update(size=config.data.synthetic_size, num_train=config.data.synthetic_train,
                            num_test=config.data.synthetic_test)

@@ -87,6 +87,23 @@ def test_isbi_split_keeps_slice_order(tmp_path, isbi_dir):
     assert sources["train[20:]"][0]["name"] in (b"20.png", "20.png")
 
 
+def test_class_balance_option_sets_w_c(tmp_path):
+    """class_balance=False: w_c = 1 on both classes, the same border term; the default gives
+    background / cell pixels N / (2 n_c) (each class the same total weight)."""
+    opts = dict(size=64, num_train=2, num_test=1)
+    balanced = builders.load("synthetic_cells", tmp_path, **opts)["train"][0]
+    plain = builders.load("synthetic_cells", tmp_path, class_balance=False, **opts)["train"][0]
+    cell = balanced["labels"] > 0
+    n = cell.size
+    np.testing.assert_allclose(balanced["weights"][cell], n / (2 * cell.sum()), rtol=1e-6)
+    np.testing.assert_allclose(plain["weights"][cell], 1.0)
+    border_b = balanced["weights"][~cell] - n / (2 * (~cell).sum())
+    border_p = plain["weights"][~cell] - 1.0
+    np.testing.assert_allclose(border_p, border_b, atol=1e-5)
+    assert border_p.max() > 1  # the border term is there
+    assert len(list((tmp_path / "synthetic_cells").iterdir())) == 2  # two configs, two datasets
+
+
 @pytest.mark.parametrize("breakage,match", [
     ("size", "mask a.png is 40x47, image a.tif is 40x48"),
     ("orphan_mask", "c.png: mask has no image"),

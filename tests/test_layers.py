@@ -17,10 +17,11 @@ from unet_jax import layers, unet, xla_flags
 
 @pytest.mark.parametrize("kernel,padding", [((3, 3), "SAME"), ((3, 3), "VALID"), ((1, 1), "SAME"),
                                             ((2, 4), "SAME"), ((3, 3), ((2, 0), (1, 1)))])
-def test_matmul_kernel_gradient_equals_lax(kernel, padding):
+@pytest.mark.parametrize("cin", [3, 1])  # 1: the shifted-products forward pass
+def test_matmul_kernel_gradient_equals_lax(kernel, padding, cin):
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((2, 9, 10, 3)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal(kernel + (3, 5)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((2, 9, 10, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(kernel + (cin, 5)), jnp.float32)
     dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
 
     def loss(x, w, conv):

@@ -133,6 +133,19 @@ def test_singleton_background_is_the_isbi_snemi3d_score(seed):
     assert metrics.rand_error(pred.astype(float), truth, background="segment")[0] > ref + 0.05
 
 
+def test_rand_error_sweeps_thresholds_in_steps_of_001():
+    # two cells (probability 0.53) split by a 1-pixel border (0.51): only thresholds in
+    # [0.51, 0.53) separate them, which the 0.05 grid steps over (0.50 merges, 0.55 erases)
+    truth = np.zeros((20, 21), bool)
+    truth[2:18, 2:10] = truth[2:18, 11:19] = True
+    prob = np.where(truth, 0.53, 0.0)
+    prob[2:18, 10] = 0.51
+    err, t = metrics.rand_error(prob, truth)
+    assert err == pytest.approx(0.0, abs=1e-12) and t in (0.51, 0.52)
+    assert metrics.rand_error(prob, truth, metrics.COARSE_THRESHOLDS)[0] > 0.3
+    assert len(metrics.THRESHOLDS) == 99 and 0.5 in metrics.THRESHOLDS
+
+
 def test_border_thinning_puts_thin_lines_where_thick_predicted_borders_were():
     # two cells separated by a 1-pixel true border (column 20); the prediction has a 7-pixel
     # border (columns 17-23) whose probability dips symmetrically around column 20

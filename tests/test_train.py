@@ -205,3 +205,23 @@ def test_no_recompilation_per_step():
                  "weights": np.ones((8, size, size), np.float32), "index": np.arange(8, dtype=np.int32)}
         state, _ = step(state, batch, jax.random.key(i, impl="rbg"))
     assert int(state.step) == 4
+
+
+@pytest.mark.parametrize("name,variant", [("isbi2012", "paper"), ("isbi2012", "cpu"), ("nuclei", None)])
+def test_config_variants_only_override_fields_of_the_default(name, variant):
+    """A misspelt field in a variant would be a silent no-op (ConfigDict adds it)."""
+    import dataclasses
+    import importlib
+
+    from experiments.configs import default
+    from unet_jax.data import builders
+
+    def keys(c, prefix=""):
+        return {k2 for k, v in c.items()
+                for k2 in (keys(v, f"{prefix}{k}.") if hasattr(v, "items") else {f"{prefix}{k}"})}
+
+    module = importlib.import_module(f"experiments.configs.{name}")
+    config = module.get_config(variant) if variant else module.get_config()
+    assert keys(config) == keys(default.get_config())
+    fields = {f.name for f in dataclasses.fields(builders.CellsConfig)}
+    assert set(train.weight_map_options(config.data)) <= fields  # options the builders accept

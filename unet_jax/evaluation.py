@@ -46,7 +46,7 @@ def predict_probs(config, state, image, tta: bool = False, tile_size: int = 0, p
     return train.predict_probs(config, predict or train.predict_fn(state), image, tta, tile_size)
 
 
-THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 2)  # 0.5 exactly among them
+THRESHOLDS = metrics.THRESHOLDS  # 0.01 ... 0.99, 0.5 exactly among them
 
 
 def calibrate_threshold(config, state, source, tta: bool = False) -> float:
@@ -68,10 +68,11 @@ def evaluate_split(config, state, source, tta: bool = False, warping: bool = Tru
     instances, instance metrics, averaged over the images of ``source``.
 
     ``pixel_error`` thresholds the foreground probability at 0.5; ``pixel_error_best_threshold``
-    is the smallest over the thresholds 0.05, 0.10, ..., 0.95 (as the Rand and warping errors
-    are). ``rand_error`` counts predicted boundary pixels as singletons (ISBI 2012),
-    ``rand_error_bg_segment`` as one segment, ``rand_error_thinned`` as singletons after border
-    thinning (see :func:`unet_jax.metrics.rand_error`). With ``threshold`` (from
+    is the smallest over the thresholds 0.01, 0.02, ..., 0.99 (as the Rand error is;
+    ``rand_error_coarse``: over 0.05, 0.10, ..., 0.95 only). ``rand_error`` counts predicted
+    boundary pixels as singletons (ISBI 2012), ``rand_error_bg_segment`` as one segment,
+    ``rand_error_thinned`` as singletons after border thinning (see
+    :func:`unet_jax.metrics.rand_error`). With ``threshold`` (from
     :func:`calibrate_threshold`) also ``pixel_error_calibrated`` at that threshold."""
     rows = []
     predict = train.predict_fn(state)
@@ -83,6 +84,7 @@ def evaluate_split(config, state, source, tta: bool = False, warping: bool = Tru
         row = {"pixel_error": metrics.pixel_error(fg > 0.5, truth),
                "pixel_error_best_threshold": min(metrics.pixel_error(fg > t, truth) for t in THRESHOLDS),
                "rand_error": metrics.rand_error(fg, truth)[0],
+               "rand_error_coarse": metrics.rand_error(fg, truth, metrics.COARSE_THRESHOLDS)[0],
                "rand_error_bg_segment": metrics.rand_error(fg, truth, background="segment")[0],
                "rand_error_thinned": metrics.rand_error(fg, truth, thin=True)[0]}
         if threshold is not None:

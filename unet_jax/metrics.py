@@ -93,12 +93,17 @@ def thin_boundaries(prob, seeds) -> np.ndarray:
     return watershed(1.0 - np.asarray(prob, np.float64), seeds, watershed_line=True)
 
 
+THRESHOLDS = np.round(np.arange(1, 100) / 100, 2)  # 0.01 ... 0.99: the Rand error's sweep
+COARSE_THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 2)  # 0.05 ... 0.95: a quicker one
+
+
 def rand_error(prob, true_mask, thresholds=None, background: str = "singletons",
                thin: bool = False) -> tuple[float, float]:
     """ISBI 2012 Rand error: min over thresholds of adapted_rand_error(components(truth),
     components(prob > t)). ``prob`` is the foreground probability (or a binary mask).
 
     Args:
+      thresholds: default :data:`THRESHOLDS` (0.01 ... 0.99) for probabilities, 0.5 for masks.
       background: predicted background pixels as ``singletons`` (each its own segment; the
         ISBI 2012 / SNEMI3D convention) or as one ``segment`` (label 0).
       thin: thin the predicted borders first (:func:`thin_boundaries`), as the ISBI 2012
@@ -113,7 +118,7 @@ def rand_error(prob, true_mask, thresholds=None, background: str = "singletons",
     prob = np.asarray(prob, np.float64)
     true_seg = segments(true_mask)
     if thresholds is None:
-        thresholds = np.linspace(0.05, 0.95, 19) if not np.isin(prob, (0, 1)).all() else [0.5]
+        thresholds = THRESHOLDS if not np.isin(prob, (0, 1)).all() else [0.5]
     best = (np.inf, 0.5)
     for t in thresholds:
         pred_seg = segments(prob > t)

@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.mirror = "reflect"  # context extrapolation: reflect | symmetric
     d.w0 = 10.0  # weight map border weight
     d.sigma = 5.0  # weight map border width
+    d.class_balance = True  # weight map w_c balances class frequencies (paper); False: w_c = 1
 
     c.augment = a = ml_collections.ConfigDict()
     a.enabled = True  # on-device augmentation in the train step

@@ -42,16 +42,18 @@ def _features(channels: int) -> tfds.features.FeaturesDict:
     })
 
 
-def make_example(image, labels, instances, name: str, w0: float, sigma: float, known: bool = True):
-    """Assembles one example; the weight map comes from the instances (or the foreground's
-    connected components where instances are unknown)."""
+def make_example(image, labels, instances, name: str, config: "CellsConfig", known: bool = True):
+    """Assembles one example; the weight map (``config``'s w0, sigma, class_balance) comes from
+    the instances (or the foreground's connected components where instances are unknown)."""
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
         image = image[..., None]
     inst = instances if known else ndimage.label(labels > 0)[0]
     return {"image": image, "labels": labels.astype(np.uint8),
             "instances": (instances if known else np.zeros_like(labels)).astype(np.int32),
-            "weights": losses.weight_map(inst, w0, sigma), "name": name}
+            "weights": losses.weight_map(inst, config.w0, config.sigma,
+                                         class_weights=None if config.class_balance else (1.0, 1.0)),
+            "name": name}
 
 
 def normalise(arr: np.ndarray) -> np.ndarray:
@@ -90,6 +92,7 @@ class CellsConfig(tfds.core.BuilderConfig):
     num_classes: int = 2  # image_folder: classes in the masks
     w0: float = 10.0  # weight map border weight
     sigma: float = 5.0  # weight map border width (pixels)
+    class_balance: bool = True  # w_c balances the class frequencies (paper); False: w_c = 1
 
 
 class _Base(tfds.core.GeneratorBasedBuilder):
@@ -125,7 +128,7 @@ class SyntheticCells(_Base):
             for seed in range(first, first + n):
                 s = synthetic.generate(seed, c.size)
                 yield str(seed), make_example(s["image"], s["labels"], s["instances"],
-                                              f"seed {seed}", c.w0, c.sigma)
+                                              f"seed {seed}", c)
 
         return {"train": examples(0, c.num_train), "test": examples(1_000_000, c.num_test)}
 
@@ -138,7 +141,7 @@ class Isbi2012(_Base):
     def _read_all(self):
         c = self.builder_config
         images, masks, names = readers.read_isbi2012(c.source_dir)
-        exs = [(f"{i:04d}", make_example(img, m, None, n, c.w0, c.sigma, known=False))
+        exs = [(f"{i:04d}", make_example(img, m, None, n, c, known=False))
                for i, (img, m, n) in enumerate(zip(images, masks, names))]
         return {"train": exs}
 
@@ -169,7 +172,7 @@ class NucleiDsb(_Base):
                                      f"{img_path.name} is {inst.shape[0]}x{inst.shape[1]}")
                 inst[(m > 0) & (inst == 0)] = i
             exs.append((sample.name, make_example(image, (inst > 0).astype(np.uint8), inst,
-                                                  sample.name, c.w0, c.sigma)))
+                                                  sample.name, c)))
         if not exs:
             raise ValueError(f"source_dir {root}: no <id>/images/<id>.png samples found")
         return {"train": exs}
@@ -209,8 +212,8 @@ class ImageFolder(_Base):
             elif values.min() < 0 or values.max() >= c.num_classes:
                 raise ValueError(f"{masks[stem]}: mask values {values.min()}..{values.max()} outside "
                                  f"the class range 0..{c.num_classes - 1} (or 0/255 for binary)")
-            exs.append((stem, make_example(image, mask.astype(np.uint8), None, ip.name, c.w0,
-                                           c.sigma, known=False)))
+            exs.append((stem, make_example(image, mask.astype(np.uint8), None, ip.name, c,
+                                           known=False)))
         return {"train": exs}
 
 
