@@ -33,12 +33,7 @@ def main(argv):
     try:
         config, state = evaluation.load_trained(FLAGS.workdir)
         tfds_dir = FLAGS.tfds_dir or config.data.tfds_dir or os.path.expanduser("~/tensorflow_datasets")
-        options = train.weight_map_options(config.data)
-        if FLAGS.dataset == "synthetic_cells":
-            options.update(size=config.data.synthetic_size, num_train=config.data.synthetic_train,
-                           num_test=config.data.synthetic_test)
-        if FLAGS.dataset in ("nuclei_dsb", "image_folder"):
-            options["channels"] = config.model.in_channels
+        options = train.dataset_options(config, FLAGS.dataset)
         splits = (FLAGS.split,) + ((FLAGS.calibrate_split,) if FLAGS.calibrate_split else ())
         sources = builders.load(FLAGS.dataset, tfds_dir, FLAGS.data_dir, splits=splits, **options)
         threshold = None

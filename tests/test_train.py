@@ -224,4 +224,4 @@ def test_config_variants_only_override_fields_of_the_default(name, variant):
     config = module.get_config(variant) if variant else module.get_config()
     assert keys(config) == keys(default.get_config())
     fields = {f.name for f in dataclasses.fields(builders.CellsConfig)}
-    assert set(train.weight_map_options(config.data)) <= fields  # options the builders accept
+    assert set(train.dataset_options(config, config.data.dataset)) <= fields  # options the builders accept

@@ -81,10 +81,11 @@ def evaluate_split(config, state, source, tta: bool = False, warping: bool = Tru
         probs = predict_probs(config, state, ex["image"], tta, predict=predict)
         fg = probs[..., 1:].sum(-1)
         truth = ex["labels"] > 0
+        rand = metrics.rand_errors(fg, truth, THRESHOLDS)  # the coarse grid is a subset
         row = {"pixel_error": metrics.pixel_error(fg > 0.5, truth),
                "pixel_error_best_threshold": min(metrics.pixel_error(fg > t, truth) for t in THRESHOLDS),
-               "rand_error": metrics.rand_error(fg, truth)[0],
-               "rand_error_coarse": metrics.rand_error(fg, truth, metrics.COARSE_THRESHOLDS)[0],
+               "rand_error": rand.min(),
+               "rand_error_coarse": rand[np.isin(THRESHOLDS, metrics.COARSE_THRESHOLDS)].min(),
                "rand_error_bg_segment": metrics.rand_error(fg, truth, background="segment")[0],
                "rand_error_thinned": metrics.rand_error(fg, truth, thin=True)[0]}
         if threshold is not None:

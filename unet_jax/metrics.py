@@ -113,23 +113,29 @@ def rand_error(prob, true_mask, thresholds=None, background: str = "singletons",
     Returns:
       (error, best threshold).
     """
+    if thresholds is None:
+        thresholds = THRESHOLDS if not np.isin(np.asarray(prob), (0, 1)).all() else [0.5]
+    errors = rand_errors(prob, true_mask, thresholds, background, thin)
+    best = int(np.argmin(errors))
+    return float(errors[best]), float(thresholds[best])
+
+
+def rand_errors(prob, true_mask, thresholds, background: str = "singletons",
+                thin: bool = False) -> np.ndarray:
+    """The Rand error of :func:`rand_error` at each of ``thresholds`` (same arguments)."""
     if background not in ("singletons", "segment"):
         raise ValueError(f"background must be 'singletons' or 'segment', got {background!r}")
     prob = np.asarray(prob, np.float64)
     true_seg = segments(true_mask)
-    if thresholds is None:
-        thresholds = THRESHOLDS if not np.isin(prob, (0, 1)).all() else [0.5]
-    best = (np.inf, 0.5)
+    errors = []
     for t in thresholds:
         pred_seg = segments(prob > t)
         if thin:
             pred_seg = thin_boundaries(prob, pred_seg)
         if background == "singletons":
             pred_seg = with_singletons(pred_seg)
-        err = adapted_rand_error(true_seg, pred_seg)[0]
-        if err < best[0]:
-            best = (err, float(t))
-    return best
+        errors.append(adapted_rand_error(true_seg, pred_seg)[0])
+    return np.asarray(errors)
 
 
 def dice_iou(pred, true, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

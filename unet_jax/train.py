@@ -322,24 +322,26 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def weight_map_options(data_config) -> dict:
-    """The builder options of the weight map (class_balance only when off, so that datasets
-    prepared before the option existed keep their names)."""
-    d = data_config
-    return {"w0": d.w0, "sigma": d.sigma, **({} if d.get("class_balance", True) else {"class_balance": False})}
+def dataset_options(config, dataset: str) -> dict:
+    """The builder options of ``dataset`` for a run's ``config``: the synthetic set's sizes, the
+    input channels, the weight map (class_balance only when off, so that datasets prepared
+    before the option existed keep their names)."""
+    d = config.data
+    options = {"w0": d.w0, "sigma": d.sigma}
+    if not d.get("class_balance", True):
+        options["class_balance"] = False
+    if dataset == "synthetic_cells":
+        options.update(size=d.synthetic_size, num_train=d.synthetic_train, num_test=d.synthetic_test)
+    if dataset in ("nuclei_dsb", "image_folder"):
+        options["channels"] = config.model.in_channels
+    return options
 
 
 def load_data(config):
     """(train source, validation source)."""
     d = config.data
-    options = {}
-    if d.dataset == "synthetic_cells":
-        options = {"size": d.synthetic_size, "num_train": d.synthetic_train, "num_test": d.synthetic_test}
-    if d.dataset in ("nuclei_dsb", "image_folder"):
-        options = {"channels": config.model.in_channels}
-    options.update(weight_map_options(d))
     sources = builders.load(d.dataset, d.tfds_dir or os.path.expanduser("~/tensorflow_datasets"),
-                            d.data_dir, splits=(d.train_split, d.eval_split), **options)
+                            d.data_dir, splits=(d.train_split, d.eval_split), **dataset_options(config, d.dataset))
     return sources[d.train_split], sources[d.eval_split]
 
 
