@@ -9,7 +9,8 @@ smallest pixel error on the training slices 00-19); ``rand_error`` (minimised ov
 singletons as the ISBI 2012 / SNEMI3D scoring does (``rand_error_bg_segment``: as one segment,
 skimage on a label image with zeros; ``rand_error_thinned``: singletons after border thinning,
 as the ISBI 2012 leaderboard's later scoring); see unet_jax/metrics.py.
-``meets_target`` uses pixel_error and rand_error.
+``meets_target`` uses pixel_error (at 0.5) and rand_error; ``meets_target_calibrated`` uses
+pixel_error_calibrated (threshold chosen on the training slices, not the test ones) and rand_error.
 
     python -m benchmarks.isbi2012_quality [--variant cpu] [--workdir DIR]
 """
@@ -62,7 +63,10 @@ def main():
                       "warping_error": round(res["warping_error"], 6), "dice_cells": round(res["dice_1"], 4),
                       "targets": {"pixel_error": 0.09, "rand_error": 0.08, "train_time_s": 3600},
                       "meets_target": res["pixel_error"] <= 0.09 and res["rand_error"] <= 0.08
-                      and summary["train_time_s"] <= 3600, "workdir": str(workdir)}))
+                      and summary["train_time_s"] <= 3600,
+                      "meets_target_calibrated": res["pixel_error_calibrated"] <= 0.09
+                      and res["rand_error"] <= 0.08 and summary["train_time_s"] <= 3600,
+                      "workdir": str(workdir)}))
 
 
 if __name__ == "__main__":
