@@ -36,6 +36,24 @@ def test_matmul_kernel_gradient_equals_lax(kernel, padding, cin):
                                lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn), atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel,padding", [((3, 3), "SAME"), ((3, 3), "VALID"), ((2, 4), "SAME"),
+                                            ((3, 3), ((2, 0), (0, 2))), ((1, 1), "VALID")])
+@pytest.mark.parametrize("cin,cout", [(4, 32), (32, 4)])
+def test_widened_eigen_convolution_equals_lax(kernel, padding, cin, cout):
+    # 4 -> 32: the forward pass is computed wider and cropped (layers._xla_conv); 32 -> 4: the
+    # input gradient (a 4 -> 32 convolution) is.
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(kernel + (cin, cout)), jnp.float32)
+    pad = layers._explicit_padding(padding, kernel)
+    conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=layers._NHWC)  # noqa: E731
+    got = lambda x, w: layers.conv_matmul_grad(x, w, pad, "xla")  # noqa: E731
+    np.testing.assert_allclose(got(x, w), conv(x, w), rtol=1e-5, atol=1e-5)
+    g = jnp.asarray(rng.standard_normal(conv(x, w).shape), jnp.float32)
+    ref_dx = jax.vjp(lambda v: conv(v, w), x)[1](g)[0]
+    np.testing.assert_allclose(jax.vjp(lambda v: got(v, w), x)[1](g)[0], ref_dx, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("strategy", ["xla", "offsets", "rows"])
 @pytest.mark.parametrize("shape,kernel,padding", [((2, 13, 10, 8), (3, 3), "VALID"),
                                                   ((1, 12, 9, 8), (3, 3), "SAME"),
@@ -62,7 +80,8 @@ def test_row_block_is_the_largest_divisor_that_fits(monkeypatch):
     monkeypatch.setattr(layers, "ROW_BLOCK_BYTES", 5 * per_row)
     assert layers.row_block(1, 12, 10, 2, 3, 3) == 4  # divisors of 12 up to 5 rows: 1, 2, 3, 4
     assert layers.row_block(1, 11, 10, 2, 3, 3) == 1  # 11 is prime
-    assert layers.kernel_grad_strategy((1, 64, 64, 16)) == "rows"
+    assert layers.kernel_grad_strategy((1, 128, 128, 16)) == "rows"
+    assert layers.kernel_grad_strategy((2, 64, 64, 512)) == "xla"  # small image, many channels
     assert layers.kernel_grad_strategy((1, 64, 64, 1)) == "xla"
     with pytest.raises(ValueError, match="strategy must be"):
         layers.kernel_grad(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), jnp.ones((1, 2, 2, 2)),
@@ -113,13 +132,22 @@ def test_conv_transpose_2x2_equals_flax_conv_transpose(shape):
 
 @pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 9, 7, 2), (1, 1, 5, 1)])
 def test_max_pool2_equals_windowed_max_pool(shape):
-    # Distinct values, so both gradients route to the one maximum of each window.
-    x = jnp.asarray(np.random.default_rng(0).permutation(np.prod(shape)).reshape(shape), jnp.float32)
+    # Distinct values (one maximum per window), then ReLU-like zeros and equal values (ties: the
+    # windowed form's select-and-scatter gives the gradient to the first maximum in row-major order).
+    distinct = np.random.default_rng(0).permutation(np.prod(shape)).reshape(shape)
+    ties = np.maximum(np.random.default_rng(1).integers(-3, 2, shape), 0)
     ref = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
-    np.testing.assert_array_equal(layers.max_pool2(x), ref(x))
-    w = jnp.arange(np.prod(ref(x).shape), dtype=jnp.float32).reshape(ref(x).shape)
-    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(w * layers.max_pool2(v)))(x),
-                                  jax.grad(lambda v: jnp.sum(w * ref(v)))(x))
+    for values in (distinct, ties):
+        x = jnp.asarray(values, jnp.float32)
+        np.testing.assert_array_equal(layers.max_pool2(x), ref(x))
+        w = jnp.arange(np.prod(ref(x).shape), dtype=jnp.float32).reshape(ref(x).shape) + 1
+        np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(w * layers.max_pool2(v)))(x),
+                                      jax.grad(lambda v: jnp.sum(w * ref(v)))(x))
+        # forward mode too (jvp, jacfwd): the directional derivative picks the same positions
+        np.testing.assert_array_equal(jax.jvp(layers.max_pool2, (x,), (x * 0.5 + 1,))[1],
+                                      jax.jvp(ref, (x,), (x * 0.5 + 1,))[1])
+    nan = jnp.zeros(shape).at[0, 0, 0, 0].set(jnp.nan)
+    np.testing.assert_array_equal(layers.max_pool2(nan), ref(nan))  # a NaN is passed on
 
 
 def test_xla_flags_opt_in_added_once_and_never_override_the_user():

@@ -26,15 +26,23 @@ def _explicit_padding(padding, kernel):
     return tuple(tuple(p) for p in padding)
 
 
-ROW_BLOCK_BYTES = 1.5e6  # patch bytes of one row block (about an L2 cache's worth)
+ROW_BLOCK_BYTES = 3e6  # patch bytes of one row block (L2 and a share of L3)
+ROWS_MIN_PIXELS = 16384  # n * h * w from which ``rows`` beats XLA's own kernel gradient
 
 
 def kernel_grad_strategy(x_shape) -> str:
     """How :func:`conv_matmul_grad` computes a kernel gradient on the CPU: ``rows`` for layers of
-    >= 8 input channels, else ``xla``. Measured on a 2-core AVX-512 machine, whole train steps
-    timed in turns (issue 8): depth-4 U-Net, 1x512x512, 16 features: xla 992 ms, offsets for
-    >= 64 channels 1,067, rows 848; 2x256x256, 64 features: 4,467 / 6,712 / 4,261 ms."""
-    return "rows" if x_shape[-1] >= 8 else "xla"
+    >= 8 input channels and >= :data:`ROWS_MIN_PIXELS` input pixels (batch x height x width),
+    else ``xla``. Measured alone on a 2-core AVX-512 machine (issue 8), rows against xla:
+    2x256x256, 64 -> 64: 102 against 233 ms; 1x128x128, 64 -> 64: 9.5 against 14.2 ms; but
+    2x64x64, 512 -> 256: 215 (row blocks of the earlier layout) against 118 ms and 2x32x32,
+    512 -> 512: 108 against 55 ms -- XLA's is the better one for small images of many channels.
+    Whole steps, in turns in one process: depth-4 U-Net, 2x256x256, 64 features: 4,353 ms (rows
+    for every layer of >= 8 channels) -> 4,021 (this pixel threshold) -> 3,683 (and the
+    channel-major patches of :func:`kernel_grad`); 1x512x512, 16 features: 822 -> 802 -> 835
+    median / 743 min (that step varies by 30 % between calls)."""
+    n, h, w, c = x_shape
+    return "rows" if c >= 8 and n * h * w >= ROWS_MIN_PIXELS else "xla"
 
 
 def row_block(n: int, ho: int, wo: int, cin: int, kh: int, kw: int) -> int:
@@ -49,11 +57,14 @@ def kernel_grad(x, w, g, padding, strategy: str):
     dK[i, j] = sum_{n,h,w} Xpad[n, h+i, w+j, :]^T g[n, h, w, :].
 
     ``xla``: XLA's own (autodiff of lax.conv_general_dilated). ``offsets``: one matrix product
-    per kernel offset over the whole image. ``rows``: a loop over blocks of output rows, each
-    one matrix product of its patches [pixels, kh*kw*cin] with its output gradient, so that the
-    patches stay in cache. On 2 CPU cores ``rows`` is 2-2.5x faster than XLA for the U-Net's
-    large layers (e.g. 2x256x256, 64 -> 64: 115 against 264 ms; 1x512x512, 16 -> 16: 31 against
-    70 ms), and XLA's wins for small ones.
+    per kernel offset over the whole image. ``rows``: the padded input is transposed once to
+    channel-major ``[cin, n, h, w]``; then a loop over blocks of output rows, each one matrix
+    product of its patches ``[kh*kw*cin, pixels]`` (contiguous rows, about
+    :data:`ROW_BLOCK_BYTES`, so that they stay in cache) with its output gradient
+    ``[pixels, cout]``. Alone on 2 CPU cores, against XLA's: 2x256x256, 64 -> 64: 102 against
+    233 ms; 128 -> 64: 191 against 447 ms; 1x512x512, 16 -> 16: 28-31 against 64-76 ms; 32 -> 16:
+    61 against 118-130 ms (pixel-major patches, the earlier layout: 114, 205, 28-31, 55-67 ms).
+    XLA's wins for small images of many channels (see :func:`kernel_grad_strategy`).
     """
     if strategy == "xla":
         return jax.vjp(lambda v: lax.conv_general_dilated(x, v, (1, 1), padding, dimension_numbers=_NHWC),
@@ -70,13 +81,14 @@ def kernel_grad(x, w, g, padding, strategy: str):
     if strategy != "rows":
         raise ValueError(f"kernel gradient strategy must be xla, offsets or rows, got {strategy!r}")
     rows = row_block(n, ho, wo, cin, kh, kw)
+    xt = jnp.transpose(xp, (3, 0, 1, 2))  # [cin, n, h, w]: patch rows are contiguous pixels
 
     def block(acc, b):
-        xb = lax.dynamic_slice_in_dim(xp, b * rows, rows + kh - 1, axis=1)
+        xb = lax.dynamic_slice_in_dim(xt, b * rows, rows + kh - 1, axis=2)
         gb = lax.dynamic_slice_in_dim(g, b * rows, rows, axis=1).reshape(-1, cout)
-        patches = jnp.concatenate([xb[:, i:i + rows, j:j + wo, :] for i in range(kh) for j in range(kw)], -1)
-        return acc + lax.dot_general(patches.reshape(-1, kh * kw * cin), gb, (((0,), (0,)), ((), ())),
-                                     preferred_element_type=jnp.float32), None
+        patches = jnp.concatenate([xb[:, :, i:i + rows, j:j + wo] for i in range(kh) for j in range(kw)], 0)
+        return acc + jnp.matmul(patches.reshape(kh * kw * cin, -1), gb,
+                                preferred_element_type=jnp.float32), None
 
     acc, _ = lax.scan(block, jnp.zeros((kh * kw * cin, cout), jnp.float32), jnp.arange(ho // rows))
     return acc.reshape(kh, kw, cin, cout)
@@ -98,13 +110,45 @@ def _conv_forward(x, w, padding):
     """One-channel inputs (a grey image's first layer) as a sum of kh*kw shifted products, one
     fused elementwise loop: 1.2 against XLA's 14.4 ms for 1 -> 16 channels at 1x512x512 on 2
     CPU cores, alone; in the 16-feature U-Net's inference pass 191 against 198 ms, its training
-    step unchanged within noise (issue 8). Anything else is XLA's convolution."""
+    step unchanged within noise (issue 8). Anything else is :func:`_xla_conv`."""
     kh, kw, cin, cout = w.shape
     if cin != 1 or cout > 32:
-        return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC)
+        return _xla_conv(x, w, padding)
     xp = jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),))
     ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
     return sum(xp[:, i:i + ho, j:j + wo, :] * w[i, j, 0] for i in range(kh) for j in range(kw))
+
+
+EIGEN_MAX_CIN = 32  # convolutions of <= this many input channels (and >= 32 output) use Eigen
+
+
+def _xla_conv(x, w, padding):
+    """``lax.conv_general_dilated`` (stride 1, NHWC/HWIO, explicit padding), with one CPU
+    kernel choice: XLA's CPU backend hands 2-D float32 convolutions to YNNPACK unless both
+    channel counts are <= 16 or an output axis is longer than the input's, and for few input
+    channels YNNPACK's kernel is the slower one. A convolution of <= :data:`EIGEN_MAX_CIN`
+    input and >= 32 output channels is therefore computed with ``e`` more zero columns on each
+    side (output wider than input) and cropped, which XLA runs with its Eigen kernel. Alone on 2
+    CPU cores (issue 8), YNNPACK against Eigen: 1x256x256, 32 -> 32: 12.4 against 8.1 ms;
+    16 -> 32: 6.7 against 4.4; 1x128x128, 32 -> 64: 6.2 against 4.1; the input gradient of
+    1x512x512, 32 -> 16 (a 16 -> 32 convolution): 41.8 against 28.0; but 32 -> 16 itself 14.4
+    against 21.4 and 2x256x256, 64 -> 64: 59.9 against 74.4, hence the channel rule."""
+    cin, cout = w.shape[2], w.shape[3]
+    if not (cin <= EIGEN_MAX_CIN and cout >= 32):
+        return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC)
+    (ph, (lo, hi)), width, kw = padding, x.shape[2], w.shape[1]
+    wo = width + lo + hi - kw + 1
+    e = max(0, (width - wo) // 2 + 1)
+    y = lax.conv_general_dilated(x, w, (1, 1), (ph, (lo + e, hi + e)), dimension_numbers=_NHWC)
+    return y[:, :, e:e + wo, :]
+
+
+def _input_grad(w, g, padding):
+    """dX of a stride-1 NHWC/HWIO convolution: the output gradient correlated with the flipped,
+    in/out-swapped kernel, padded by k - 1 - pad (a stride-1 transposed convolution)."""
+    kh, kw = w.shape[:2]
+    pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), padding))
+    return _xla_conv(g, jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2)), pads)
 
 
 def _conv_fwd(x, w, padding, strategy):
@@ -113,8 +157,7 @@ def _conv_fwd(x, w, padding, strategy):
 
 def _conv_bwd(padding, strategy, res, g):
     x, w = res
-    dx = jax.vjp(lambda v: lax.conv_general_dilated(v, w, (1, 1), padding, dimension_numbers=_NHWC),
-                 x)[1](g)[0]
+    dx = _input_grad(w, g, padding)
     if strategy == "auto":
         strategy = kernel_grad_strategy(x.shape)
     return dx, kernel_grad(x, w, g, padding, strategy).astype(w.dtype)
@@ -223,13 +266,27 @@ class ConvBlock(nn.Module):
 def max_pool2(x):
     """2x2 max-pooling, stride 2. [B, H, W, C] -> [B, floor(H/2), floor(W/2), C].
 
-    Written as a reshape and a max over the two window axes: the same values as
-    ``nn.max_pool(x, (2, 2), strides=(2, 2))``, and its gradient is elementwise, where XLA's
-    select-and-scatter gradient of the windowed form took 2-7x longer on CPU (issue 8).
+    The same values and gradients as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, ties
+    included: the gradient goes to the first maximum of each window in row-major order, as XLA's
+    select-and-scatter does (ReLU outputs make ties of zeros common). Written as a selection:
+    the maximum and the winning position are found on a ``stop_gradient`` copy, and the output
+    selects the winner, so autodiff (reverse and forward mode) gives one elementwise pass.
+    On 2 CPU cores, forward and backward at 2x256x256x64: 11.5 ms, against 56.7 ms for autodiff
+    of a reshape and max (which splits a tie's gradient and needs a count per window) and 193 ms
+    for the windowed form's select-and-scatter (issue 8).
     """
     b, h, w, c = x.shape
-    x = x[:, :h - h % 2, :w - w % 2, :]
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    x6 = x[:, :h - h % 2, :w - w % 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+    window = [x6[:, :, i, :, j] for i in range(2) for j in range(2)]  # row-major
+    fixed = [lax.stop_gradient(v) for v in window]
+    top = jnp.maximum(jnp.maximum(fixed[0], fixed[1]), jnp.maximum(fixed[2], fixed[3]))
+    taken = jnp.zeros(top.shape, bool)
+    y = jnp.zeros_like(top)
+    for v, v_fixed in zip(window, fixed):
+        win = (v_fixed == top) & ~taken
+        y = jnp.where(win, v, y)
+        taken = taken | win
+    return jnp.where(taken, y, top)  # no winner: a NaN in the window, passed on
 
 
 def center_crop(x, height: int, width: int):
