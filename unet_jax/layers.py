@@ -99,9 +99,10 @@ def conv_matmul_grad(x, w, padding, strategy: str = "auto"):
     """Stride-1 NHWC/HWIO convolution whose kernel gradient is :func:`kernel_grad` with
     ``strategy`` (``auto``: :func:`kernel_grad_strategy` by the layer's shape).
 
-    The forward pass (but for one-channel inputs, :func:`_conv_forward`) and the input gradient
-    are XLA's. On CPU, XLA's own kernel gradient of a 3x3 convolution runs several times slower
-    than matrix products (issue 8: 1,011 ms against 163 ms for 128 -> 128 channels at 2x128x128).
+    The forward pass (:func:`_conv_forward`) and the input gradient (:func:`_input_grad`) are
+    XLA's convolutions, with the CPU kernel choice of :func:`_xla_conv`. On CPU, XLA's own
+    kernel gradient of a 3x3 convolution runs several times slower than matrix products for
+    large images (issue 8: 1,011 ms against 163 ms for 128 -> 128 channels at 2x128x128).
     """
     return _conv_forward(x, w, padding)
 
@@ -134,7 +135,7 @@ def _xla_conv(x, w, padding):
     1x512x512, 32 -> 16 (a 16 -> 32 convolution): 41.8 against 28.0; but 32 -> 16 itself 14.4
     against 21.4 and 2x256x256, 64 -> 64: 59.9 against 74.4, hence the channel rule."""
     cin, cout = w.shape[2], w.shape[3]
-    if not (cin <= EIGEN_MAX_CIN and cout >= 32):
+    if not (cin <= EIGEN_MAX_CIN and cout >= 32) or jax.default_backend() != "cpu":
         return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC)
     (ph, (lo, hi)), width, kw = padding, x.shape[2], w.shape[1]
     wo = width + lo + hi - kw + 1
