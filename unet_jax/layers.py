@@ -306,11 +306,13 @@ class ConvTranspose2x2(nn.Module):
     The same parameters (``kernel`` [2, 2, C_in, C_out], ``bias``) and values as
     ``nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding='VALID')``, written as one
     matrix product and a reshape: XLA's lhs-dilated convolution for it took 1.5-3.7 s forward
-    and backward per layer of the 64-feature U-Net on CPU, this 0.07-0.17 s (issue 8). The
-    product is [pixels, C_in] @ [C_in, 4 C_out] on the NHWC rows as they lie; an einsum
-    ``nhwc,ijcd->nhiwjd`` let XLA transpose the input to channel-major first, which cost 2-3 %
-    of the CPU benchmark steps (in turns in one process, 2 cores: 1x512x512, 16 features:
-    inference 188 -> 179 ms, training 702 -> 689 ms; 2x256x256, 64 features: 3,657 -> 3,562 ms).
+        and backward per layer of the 64-feature U-Net on CPU, this 0.07-0.17 s (issue 8).
+
+    Kept as an einsum on purpose: ``[pixels, C_in] @ [C_in, 4 C_out]`` on the NHWC rows followed
+    by an interleave was 2-3 % faster on CPU (1x512x512, 16 features: inference 188 -> 179 ms,
+    training 702 -> 689 ms; 2x256x256, 64 features: 3,657 -> 3,562 ms), but with it the default
+    model's pmap / mesh step on 4 simulated CPU devices (2 cores) stopped in XLA's all-reduce
+    rendezvous (three of four devices arrived, 40 s timeout), reproducibly; with the einsum it runs.
     """
 
     features: int
@@ -325,9 +327,7 @@ class ConvTranspose2x2(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (2, 2, c, self.features), self.param_dtype)
         x, kernel = x.astype(self.dtype), kernel[::-1, ::-1].astype(self.dtype)
         # [pixels, C_in] @ [C_in, (a, b, C_out)], then the 2x2 blocks interleaved into the rows
-        y = jnp.matmul(x.reshape(b * h * w, c), jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c, 4 * self.features))
-        y = jnp.transpose(y.reshape(b, h, w, 2, 2, self.features), (0, 1, 3, 2, 4, 5))
-        y = y.reshape(b, 2 * h, 2 * w, self.features)
+        y = jnp.einsum("nhwc,ijcd->nhiwjd", x, kernel).reshape(b, 2 * h, 2 * w, self.features)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
