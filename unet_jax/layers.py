@@ -84,9 +84,11 @@ def kernel_grad(x, w, g, padding, strategy: str):
     xt = jnp.transpose(xp, (3, 0, 1, 2))  # [cin, n, h, w]: patch rows are contiguous pixels
 
     def block(acc, b):
-        xb = lax.dynamic_slice_in_dim(xt, b * rows, rows + kh - 1, axis=2)
         gb = lax.dynamic_slice_in_dim(g, b * rows, rows, axis=1).reshape(-1, cout)
-        patches = jnp.concatenate([xb[:, :, i:i + rows, j:j + wo] for i in range(kh) for j in range(kw)], 0)
+        # one dynamic slice per kernel offset, which XLA fuses into the concatenation (a block's
+        # slice, then static slices of it, were two copies: 64-feature step 3,864 -> 3,750 ms)
+        patches = jnp.concatenate([lax.dynamic_slice(xt, (0, 0, b * rows + i, j), (cin, n, rows, wo))
+                                   for i in range(kh) for j in range(kw)], 0)
         return acc + jnp.matmul(patches.reshape(kh * kw * cin, -1), gb,
                                 preferred_element_type=jnp.float32), None
 
