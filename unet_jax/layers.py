@@ -136,10 +136,10 @@ def _xla_conv(x, w, padding):
     16 -> 32: 6.7 against 4.4; 1x128x128, 32 -> 64: 6.2 against 4.1; the input gradient of
     1x512x512, 32 -> 16 (a 16 -> 32 convolution): 41.8 against 28.0; but 32 -> 16 itself 14.4
     against 21.4 and 2x256x256, 64 -> 64: 59.9 against 74.4, hence the channel rule."""
-    cin, cout = w.shape[2], w.shape[3]
+    _, kw, cin, cout = w.shape
     if not (cin <= EIGEN_MAX_CIN and cout >= 32) or jax.default_backend() != "cpu":
         return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC)
-    (ph, (lo, hi)), width, kw = padding, x.shape[2], w.shape[1]
+    (ph, (lo, hi)), width = padding, x.shape[2]
     wo = width + lo + hi - kw + 1
     e = max(0, (width - wo) // 2 + 1)
     y = lax.conv_general_dilated(x, w, (1, 1), (ph, (lo + e, hi + e)), dimension_numbers=_NHWC)
@@ -308,7 +308,7 @@ class ConvTranspose2x2(nn.Module):
     The same parameters (``kernel`` [2, 2, C_in, C_out], ``bias``) and values as
     ``nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding='VALID')``, written as one
     matrix product and a reshape: XLA's lhs-dilated convolution for it took 1.5-3.7 s forward
-        and backward per layer of the 64-feature U-Net on CPU, this 0.07-0.17 s (issue 8).
+    and backward per layer of the 64-feature U-Net on CPU, this 0.07-0.17 s (issue 8).
 
     Kept as an einsum on purpose: ``[pixels, C_in] @ [C_in, 4 C_out]`` on the NHWC rows followed
     by an interleave was 2-3 % faster on CPU (1x512x512, 16 features: inference 188 -> 179 ms,
@@ -328,7 +328,6 @@ class ConvTranspose2x2(nn.Module):
         b, h, w, c = x.shape
         kernel = self.param("kernel", self.kernel_init, (2, 2, c, self.features), self.param_dtype)
         x, kernel = x.astype(self.dtype), kernel[::-1, ::-1].astype(self.dtype)
-        # [pixels, C_in] @ [C_in, (a, b, C_out)], then the 2x2 blocks interleaved into the rows
         y = jnp.einsum("nhwc,ijcd->nhiwjd", x, kernel).reshape(b, 2 * h, 2 * w, self.features)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
