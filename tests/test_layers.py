@@ -160,9 +160,16 @@ def test_xla_flags_opt_in_added_once_and_never_override_the_user():
         assert xla_flags.apply(env) == [] and env["XLA_FLAGS"] == "--foo=1"  # off by default
     show = [sys.executable, "-c", "import os, unet_jax; print(os.environ['XLA_FLAGS'])"]
     base = {k: v for k, v in os.environ.items() if k != "UNET_JAX_XLA_FLAGS"}
-    base["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    base["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     off = subprocess.run(show, env=base, capture_output=True, text=True, check=True).stdout.split()
     on = subprocess.run(show, env={**base, "UNET_JAX_XLA_FLAGS": "1"}, capture_output=True, text=True,
                         check=True).stdout.split()
-    assert off == ["--xla_force_host_platform_device_count=2"]
-    assert on == ["--xla_force_host_platform_device_count=2", *added]
+    assert off == ["--xla_force_host_platform_device_count=1"]
+    assert on == ["--xla_force_host_platform_device_count=1", *added]
+    # several simulated devices: never added (it deadlocked their all-reduces)
+    for flags, devices in (("--xla_force_host_platform_device_count=4", 4), ("--foo=1", 1),
+                           ("--xla_force_host_platform_device_count=8 --xla_force_host_platform_device_count=1", 1)):
+        assert xla_flags.simulated_devices(flags) == devices
+    many = {**base, "UNET_JAX_XLA_FLAGS": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = subprocess.run(show, env=many, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["--xla_force_host_platform_device_count=4"]

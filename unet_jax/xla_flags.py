@@ -11,6 +11,13 @@ batch differ by up to 6e-5 in parameters after 3 steps (1e-5 without), and a NaN
 reached the loss one step later (the fused reductions do not propagate NaN the way XLA's do),
 so the ``NonFiniteLoss`` check named the wrong step. Inference is about 9 % slower with it.
 
+Single-device only: when ``XLA_FLAGS`` asks for several simulated host devices
+(``--xla_force_host_platform_device_count`` > 1), :func:`apply` adds nothing. With the option,
+the default model's pmap step on 4 simulated devices stopped in XLA's all-reduce rendezvous with
+the devices waiting at different all-reduces (``op_id`` 7 and 45; 40 s timeout), reproducibly
+once the transposed convolution was a plain matrix product (jaxlib 0.10.2, 2 cores); without it
+the same step runs on 1-8 devices. Multi-process CPU runs should not set it either.
+
 XLA reads ``XLA_FLAGS`` once, when JAX starts its first backend, so :func:`apply` must run
 before any computation: with ``UNET_JAX_XLA_FLAGS=1`` in the environment, importing ``unet_jax``
 does it. Flags the user already set win: an option named in ``XLA_FLAGS`` is never overridden.
@@ -37,10 +44,23 @@ def merged(current: str) -> tuple[str, list[str]]:
     return " ".join([current, *added]).strip(), added
 
 
+def simulated_devices(flags: str) -> int:
+    """The ``--xla_force_host_platform_device_count`` named in ``flags`` (the last one), else 1."""
+    count = 1
+    for f in flags.split():
+        name, _, value = f.partition("=")
+        if name == "--xla_force_host_platform_device_count" and value.isdigit():
+            count = int(value)
+    return count
+
+
 def apply(environ=os.environ) -> list[str]:
     """With ``UNET_JAX_XLA_FLAGS=1``, sets ``environ['XLA_FLAGS']`` to :func:`merged`; returns
-    the flags added (none without the opt-in or once JAX's backend runs)."""
+    the flags added (none without the opt-in, once JAX's backend runs, or when ``XLA_FLAGS``
+    asks for several simulated devices)."""
     if environ.get("UNET_JAX_XLA_FLAGS", "0") != "1" or _backend_started():
+        return []
+    if simulated_devices(environ.get("XLA_FLAGS", "")) > 1:
         return []
     value, added = merged(environ.get("XLA_FLAGS", ""))
     if added:
