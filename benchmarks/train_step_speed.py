@@ -8,6 +8,16 @@ mean softmax cross-entropy, Adam(1e-4).
 
     python -m benchmarks.train_step_speed --shapes 2x256x64,1x512x16 [--inference]
     python -m benchmarks.train_step_speed --vs-pytorch --torch_python /path/to/venv/bin/python
+    python -m benchmarks.train_step_speed --vs-pytorch --rounds 3 ...   # JAX, PyTorch, JAX, ...
+
+With ``--rounds R`` the two frameworks are timed in turns, R blocks of ``--steps`` steps each
+(PyTorch in a fresh process per block, with its own warm-up), and each step time reported is the
+median of the R block medians: a slow spell of this shared machine then hits both sides alike.
+
+``import unet_jax`` sets glibc's malloc for this process (:mod:`unet_jax.cpu_malloc`). The
+PyTorch reference is run with glibc's defaults (``--torch_malloc default``), with the same
+settings through ``GLIBC_TUNABLES`` (``same``: like for like), or both (the default), one ratio
+each.
 """
 import argparse
 import json
@@ -36,7 +46,8 @@ def sgemm_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n ** 3 / np.min(t) / 1e9
 
 
-def jax_step(batch: int, size: int, features: int, depth: int, inference: bool, steps: int):
+def jax_step(batch: int, size: int, features: int, depth: int, inference: bool):
+    """(run one step, XLA's FLOP count of it, its JSON fields); compiled and warmed up once."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -83,26 +94,35 @@ def jax_step(batch: int, size: int, features: int, depth: int, inference: bool, 
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
     run()
+    return run, flops, {"framework": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
+                 "mode": "inference" if inference else "train", "batch": batch, "size": size,
+                 "features": features, "depth": depth, "gflop_per_step": round(flops / 1e9, 1)}
+
+
+def timed_median(run, steps: int) -> float:
+    """Median seconds of ``steps`` calls of ``run``."""
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         run()
         times.append(time.perf_counter() - t)
-    med = float(np.median(times))
-    return {"framework": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
-            "mode": "inference" if inference else "train", "batch": batch, "size": size,
-            "features": features, "depth": depth, "step_ms_median": round(med * 1000, 1),
-            "images_per_s": round(batch / med, 3), "gflop_per_step": round(flops / 1e9, 1),
-            "gflops_per_s": round(flops / med / 1e9, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return float(np.median(times))
 
 
-def torch_step(python: str, batch, size, features, depth, inference, steps):
+def torch_step(python: str, batch, size, features, depth, inference, steps, malloc: str):
+    """The reference's JSON line; ``malloc='same'`` runs it with the glibc malloc settings that
+    ``import unet_jax`` gives this process (:data:`unet_jax.cpu_malloc.GLIBC_TUNABLES`)."""
+    from unet_jax import cpu_malloc
+
     cmd = [python, str(REFERENCE), "--batch", str(batch), "--size", str(size), "--features", str(features),
            "--depth", str(depth), "--steps", str(steps)] + (["--inference"] if inference else [])
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if malloc == "same":
+        env["GLIBC_TUNABLES"] = cpu_malloc.GLIBC_TUNABLES
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
-        return {"framework": "pytorch", "error": out.stderr.strip().splitlines()[-1]}
+        lines = out.stderr.strip().splitlines()
+        return {"framework": "pytorch", "error": lines[-1] if lines else f"exit status {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -114,19 +134,54 @@ def main():
     p.add_argument("--inference", action="store_true")
     p.add_argument("--vs-pytorch", action="store_true")
     p.add_argument("--torch_python", default=sys.executable, help="a Python with torch installed")
+    p.add_argument("--rounds", type=int, default=1, help="blocks of --steps, JAX and PyTorch in turns")
+    p.add_argument("--torch_malloc", choices=("default", "same", "both"), default="both",
+                   help="run the PyTorch reference with glibc's default malloc, with the settings "
+                        "unet_jax gives this process (unet_jax.cpu_malloc), or both")
     a = p.parse_args()
+    if a.steps < 1 or a.rounds < 1:
+        p.error(f"--steps and --rounds must be >= 1, got {a.steps} and {a.rounds}")
+    from unet_jax import cpu_malloc
+
+    mallocs = ("default", "same") if a.torch_malloc == "both" else (a.torch_malloc,)
     ceiling = sgemm_gflops()
-    print(json.dumps({"benchmark": "sgemm", "gflops_per_s": round(ceiling, 1), "cpu_count": os.cpu_count()}))
+    print(json.dumps({"benchmark": "sgemm", "gflops_per_s": round(ceiling, 1), "cpu_count": os.cpu_count(),
+                      "jax_malloc": "unet_jax.cpu_malloc" if cpu_malloc.applied else "default"}))
     for shape in a.shapes.split(","):
         batch, size, features = (int(v) for v in shape.split("x"))
-        j = jax_step(batch, size, features, a.depth, a.inference, a.steps)
-        j["fraction_of_sgemm"] = round(j["gflops_per_s"] / ceiling, 3)
+        run, flops, j = jax_step(batch, size, features, a.depth, a.inference)
+        jax_ms = []
+        torch_ms = {m: [] for m in mallocs}
+        reply = {m: {} for m in mallocs}
+        for _ in range(a.rounds):
+            jax_ms.append(timed_median(run, a.steps) * 1000)
+            for m in mallocs if a.vs_pytorch else ():
+                if reply[m] and "step_ms_median" not in reply[m]:
+                    continue  # failed before: not retried
+                reply[m] = torch_step(a.torch_python, batch, size, features, a.depth, a.inference, a.steps, m)
+                if "step_ms_median" in reply[m]:
+                    torch_ms[m].append(reply[m]["step_ms_median"])
+                else:
+                    torch_ms[m] = []
+        med = float(np.median(jax_ms)) / 1000
+        j.update({"step_ms_median": round(med * 1000, 1), "images_per_s": round(batch / med, 3),
+                  "gflops_per_s": round(flops / med / 1e9, 1),
+                  "fraction_of_sgemm": round(flops / med / 1e9 / ceiling, 3),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+        if a.rounds > 1:
+            j["round_ms"] = [round(v, 1) for v in jax_ms]
         print(json.dumps(j), flush=True)
-        if a.vs_pytorch:
-            t = torch_step(a.torch_python, batch, size, features, a.depth, a.inference, a.steps)
+        for m in mallocs if a.vs_pytorch else ():
+            t = dict(reply[m], malloc=m, **({"glibc_tunables": cpu_malloc.GLIBC_TUNABLES} if m == "same" else {}))
+            if torch_ms[m]:
+                tmed = float(np.median(torch_ms[m]))
+                t.update({"step_ms_median": round(tmed, 1), "images_per_s": round(batch / tmed * 1000, 3)})
+                if a.rounds > 1:
+                    t["round_ms"] = torch_ms[m]
             print(json.dumps(t), flush=True)
-            if "images_per_s" in t:
+            if torch_ms[m]:
                 print(json.dumps({"benchmark": "jax_vs_pytorch", "shape": shape, "mode": j["mode"],
+                                  "torch_malloc": m,
                                   "throughput_ratio": round(j["images_per_s"] / t["images_per_s"], 3)}))
 
 
