@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+# importing unet_jax sets this process's malloc (see the docstring)
+from unet_jax import cpu_malloc
+
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_unet_reference.py"
 
 
@@ -112,8 +115,6 @@ def timed_median(run, steps: int) -> float:
 def torch_step(python: str, batch, size, features, depth, inference, steps, malloc: str):
     """The reference's JSON line; ``malloc='same'`` runs it with the glibc malloc settings that
     ``import unet_jax`` gives this process (:data:`unet_jax.cpu_malloc.GLIBC_TUNABLES`)."""
-    from unet_jax import cpu_malloc
-
     cmd = [python, str(REFERENCE), "--batch", str(batch), "--size", str(size), "--features", str(features),
            "--depth", str(depth), "--steps", str(steps)] + (["--inference"] if inference else [])
     env = dict(os.environ)
@@ -141,8 +142,6 @@ def main():
     a = p.parse_args()
     if a.steps < 1 or a.rounds < 1:
         p.error(f"--steps and --rounds must be >= 1, got {a.steps} and {a.rounds}")
-    from unet_jax import cpu_malloc
-
     mallocs = ("default", "same") if a.torch_malloc == "both" else (a.torch_malloc,)
     ceiling = sgemm_gflops()
     print(json.dumps({"benchmark": "sgemm", "gflops_per_s": round(ceiling, 1), "cpu_count": os.cpu_count(),

@@ -25,7 +25,8 @@ import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2 ** 31 - 1))
-GLIBC_TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+_TUNABLE_NAMES = {M_ARENA_MAX: "arena_max", M_MMAP_MAX: "mmap_max", M_TRIM_THRESHOLD: "trim_threshold"}
+GLIBC_TUNABLES = ":".join(f"glibc.malloc.{_TUNABLE_NAMES[param]}={value}" for param, value in SETTINGS)
 applied = False  # whether the last apply() set them
 
 
