@@ -57,7 +57,9 @@ def test_widened_eigen_convolution_equals_lax(kernel, padding, cin, cout):
 @pytest.mark.parametrize("strategy", ["xla", "offsets", "rows"])
 @pytest.mark.parametrize("shape,kernel,padding", [((2, 13, 10, 8), (3, 3), "VALID"),
                                                   ((1, 12, 9, 8), (3, 3), "SAME"),
-                                                  ((2, 9, 8, 4), (2, 4), ((2, 0), (1, 1)))])
+                                                  ((2, 9, 8, 4), (2, 4), ((2, 0), (1, 1))),
+                                                  # two blocks per loop step; 18 offsets in groups of 8, 8, 2
+                                                  ((1, 8, 12, 3), (2, 9), "SAME")])
 def test_kernel_gradient_strategies_equal_lax(strategy, shape, kernel, padding, monkeypatch):
     # small row blocks, so that "rows" loops over several blocks (and a last one of odd height)
     monkeypatch.setattr(layers, "ROW_BLOCK_BYTES", 2 * shape[0] * shape[2] * kernel[0] * kernel[1] * shape[3] * 4)
@@ -81,8 +83,9 @@ def test_row_block_is_the_largest_divisor_that_fits(monkeypatch):
     assert layers.row_block(1, 12, 10, 2, 3, 3) == 4  # divisors of 12 up to 5 rows: 1, 2, 3, 4
     assert layers.row_block(1, 11, 10, 2, 3, 3) == 1  # 11 is prime
     assert layers.kernel_grad_strategy((1, 128, 128, 16)) == "rows"
-    assert layers.kernel_grad_strategy((2, 64, 64, 512)) == "xla"  # small image, many channels
-    assert layers.kernel_grad_strategy((1, 64, 64, 1)) == "xla"
+    assert layers.kernel_grad_strategy((1, 64, 64, 1)) == "rows"
+    assert layers.kernel_grad_strategy((2, 32, 32, 512)) == "xla"  # small image, many channels
+    assert layers.kernel_grad_strategy((1, 32, 32, 16)) == "xla"
     with pytest.raises(ValueError, match="strategy must be"):
         layers.kernel_grad(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), jnp.ones((1, 2, 2, 2)),
                            ((0, 0), (0, 0)), "im2col")

@@ -27,22 +27,24 @@ def _explicit_padding(padding, kernel):
 
 
 ROW_BLOCK_BYTES = 3e6  # patch bytes of one row block (L2 and a share of L3)
-ROWS_MIN_PIXELS = 16384  # n * h * w from which ``rows`` beats XLA's own kernel gradient
+ROWS_MIN_PIXELS = 4096  # n * h * w from which ``rows`` beats XLA's own kernel gradient
+MAX_FUSED_CONCAT = 8  # XLA's CPU fusion leaves a concatenation of more operands unfused
 
 
 def kernel_grad_strategy(x_shape) -> str:
     """How :func:`conv_matmul_grad` computes a kernel gradient on the CPU: ``rows`` for layers of
-    >= 8 input channels and >= :data:`ROWS_MIN_PIXELS` input pixels (batch x height x width),
-    else ``xla``. Measured alone on a 2-core AVX-512 machine (issue 8), rows against xla:
-    2x256x256, 64 -> 64: 102 against 233 ms; 1x128x128, 64 -> 64: 9.5 against 14.2 ms; but
-    2x64x64, 512 -> 256: 215 (row blocks of the earlier layout) against 118 ms and 2x32x32,
-    512 -> 512: 108 against 55 ms -- XLA's is the better one for small images of many channels.
-    Whole steps, in turns in one process: depth-4 U-Net, 2x256x256, 64 features: 4,353 ms (rows
-    for every layer of >= 8 channels) -> 4,021 (this pixel threshold) -> 3,683 (and the
-    channel-major patches of :func:`kernel_grad`); 1x512x512, 16 features: 822 -> 802 -> 835
-    median / 743 min (that step varies by 30 % between calls)."""
-    n, h, w, c = x_shape
-    return "rows" if c >= 8 and n * h * w >= ROWS_MIN_PIXELS else "xla"
+    >= :data:`ROWS_MIN_PIXELS` input pixels (batch x height x width), else ``xla``.
+
+    Measured alone on a 2-core AVX-512 machine (issue 8), in turns in one process, rows
+    (:func:`kernel_grad`'s grouped blocks) against xla: 1x64x64, 128 -> 128: 7.5-7.9 against
+    10.1 ms; 256 -> 128: 15.7 against 19.8; 1x512x512, 1 -> 16: 3.7 against 5.3; 1x128x128,
+    3 -> 16: 0.7 against 1.8; 2x256x256, 1 -> 64: 5.3 against 4.8; 2x32x32, 512 -> 512: 56
+    against 54 -- XLA's is as good for small images of many channels, and better below 64x64.
+    Whole steps, in turns in one process, threshold 16384 pixels and >= 8 channels against this
+    rule: 1x512x512, 16 features: 585 -> 575 ms; 2x256x256, 64 features: 3,295 -> 3,264 ms.
+    (Earlier, ungrouped row blocks lost to XLA at 2x64x64, 512 -> 256: 215 against 118 ms.)"""
+    n, h, w, _ = x_shape
+    return "rows" if n * h * w >= ROWS_MIN_PIXELS else "xla"
 
 
 def row_block(n: int, ho: int, wo: int, cin: int, kh: int, kw: int) -> int:
@@ -58,13 +60,27 @@ def kernel_grad(x, w, g, padding, strategy: str):
 
     ``xla``: XLA's own (autodiff of lax.conv_general_dilated). ``offsets``: one matrix product
     per kernel offset over the whole image. ``rows``: the padded input is transposed once to
-    channel-major ``[cin, n, h, w]``; then a loop over blocks of output rows, each one matrix
-    product of its patches ``[kh*kw*cin, pixels]`` (contiguous rows, about
-    :data:`ROW_BLOCK_BYTES`, so that they stay in cache) with its output gradient
-    ``[pixels, cout]``. Alone on 2 CPU cores, against XLA's: 2x256x256, 64 -> 64: 102 against
-    233 ms; 128 -> 64: 191 against 447 ms; 1x512x512, 16 -> 16: 28-31 against 64-76 ms; 32 -> 16:
-    61 against 118-130 ms (pixel-major patches, the earlier layout: 114, 205, 28-31, 55-67 ms).
-    XLA's wins for small images of many channels (see :func:`kernel_grad_strategy`).
+    channel-major ``[cin, n, h, w]``; then a loop over blocks of output rows (about
+    :data:`ROW_BLOCK_BYTES` of patches, so that they stay in cache). Per block, the kernel
+    offsets go in groups of at most :data:`MAX_FUSED_CONCAT` (one group per kernel row for
+    3x3): each group's patches ``[len(group)*cin, pixels]`` are one fused copy of its shifted
+    slices, then one matrix product with the block's output gradient ``[pixels, cout]``. Each
+    loop step takes two blocks, one from each half of the image, into separate accumulators.
+
+    Why: XLA's CPU dot runs these small products (``[48, 4096] @ [4096, 16]``) on one thread,
+    85 us alone and 122 us when split over two; independent products in one loop step run
+    side by side, and a concatenation of <= 8 operands is fused with its slices (one copy
+    instead of two). Alone on 2 CPU cores, in turns, this against one product of all nine
+    offsets per block: 1x512x512, 16 -> 16: 17.8 against 22.2 ms; 32 -> 16: 30.1 against 42.1;
+    1x256x256, 32 -> 32: 10.5 against 14.6; 64 -> 32: 20.1 against 24.8; 1x128x128, 128 -> 64:
+    16.3 against 18.5 (XLA's own: 58.8 ms for 16 -> 16, 121.6 for 32 -> 16). Whole training
+    steps in turns in one process: 1x512x512, 16 features: 612 -> 585 ms; 2x256x256, 64
+    features: 3,340 -> 3,295 ms. PyTorch's oneDNN still takes 8.9 and 17.0 ms for the first two.
+    Tried and slower: pixel-major patches with ``g^T @ patches`` (15.8 ms for 16 -> 16 but 31.3
+    for 32 -> 16 and worse above), shifting ``g`` instead of ``x``, width-stacked patches with
+    row-shifted gradients (``[3 cin, P] @ [P, 3 cout]``), transposing per block, padding
+    columns inside the fused copy (2x slower), separate loops per half (XLA runs while loops
+    one after the other), a fully unrolled loop (slower, 10-20 s to compile).
     """
     if strategy == "xla":
         return jax.vjp(lambda v: lax.conv_general_dilated(x, v, (1, 1), padding, dimension_numbers=_NHWC),
@@ -81,22 +97,29 @@ def kernel_grad(x, w, g, padding, strategy: str):
     if strategy != "rows":
         raise ValueError(f"kernel gradient strategy must be xla, offsets or rows, got {strategy!r}")
     rows = row_block(n, ho, wo, cin, kh, kw)
+    blocks = ho // rows
+    ways = 2 if blocks % 2 == 0 else 1  # independent chains per loop step (see the docstring)
+    per_way = blocks // ways
     xt = jnp.transpose(xp, (3, 0, 1, 2))  # [cin, n, h, w]: patch rows are contiguous pixels
+    offsets = [(i, j) for i in range(kh) for j in range(kw)]
+    size = min(kw, MAX_FUSED_CONCAT)
+    groups = [offsets[k:k + size] for k in range(0, len(offsets), size)]
 
     def block(acc, b):
-        gb = lax.dynamic_slice_in_dim(g, b * rows, rows, axis=1).reshape(-1, cout)
-        # one dynamic slice per kernel offset, then a plain concatenation (64-feature step 3,864 ->
-        # 3,750 ms against a slice of the block and static slices of it). XLA's CPU fusion leaves
-        # a concatenation of > 8 operands unfused; nested stacks that it does fuse with the slices
-        # ran 2-2.5x slower (1x512x512, 32 -> 16: 122 against 48 ms), a fused concatenation being
-        # an index tree per element where the unfused one is memcpy-like.
-        patches = jnp.concatenate([lax.dynamic_slice(xt, (0, 0, b * rows + i, j), (cin, n, rows, wo))
-                                   for i in range(kh) for j in range(kw)], 0)
-        return acc + jnp.matmul(patches.reshape(kh * kw * cin, -1), gb,
-                                preferred_element_type=jnp.float32), None
+        acc = list(acc)
+        for way in range(ways):
+            r0 = (b + way * per_way) * rows
+            gb = lax.dynamic_slice_in_dim(g, r0, rows, axis=1).reshape(-1, cout)
+            for k, group in enumerate(groups):
+                patches = jnp.concatenate([lax.dynamic_slice(xt, (0, 0, r0 + i, j), (cin, n, rows, wo))
+                                           for i, j in group], 0)
+                acc[k] = acc[k] + jnp.matmul(patches.reshape(len(group) * cin, -1), gb,
+                                             preferred_element_type=jnp.float32)
+        return tuple(acc), None
 
-    acc, _ = lax.scan(block, jnp.zeros((kh * kw * cin, cout), jnp.float32), jnp.arange(ho // rows))
-    return acc.reshape(kh, kw, cin, cout)
+    zeros = tuple(jnp.zeros((len(group) * cin, cout), jnp.float32) for group in groups)
+    acc, _ = lax.scan(block, zeros, jnp.arange(per_way))
+    return jnp.concatenate(acc, 0).reshape(kh, kw, cin, cout)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
