@@ -59,7 +59,8 @@ def test_widened_eigen_convolution_equals_lax(kernel, padding, cin, cout):
                                                   ((1, 12, 9, 8), (3, 3), "SAME"),
                                                   ((2, 9, 8, 4), (2, 4), ((2, 0), (1, 1))),
                                                   # two blocks per loop step; 18 offsets in groups of 8, 8, 2
-                                                  ((1, 8, 12, 3), (2, 9), "SAME")])
+                                                  ((1, 8, 12, 3), (2, 9), "SAME"),
+                                                  ((1, 6, 5, 64), (3, 3), "SAME")])  # a group per kernel row
 def test_kernel_gradient_strategies_equal_lax(strategy, shape, kernel, padding, monkeypatch):
     # small row blocks, so that "rows" loops over several blocks (and a last one of odd height)
     monkeypatch.setattr(layers, "ROW_BLOCK_BYTES", 2 * shape[0] * shape[2] * kernel[0] * kernel[1] * shape[3] * 4)
@@ -82,13 +83,20 @@ def test_row_block_is_the_largest_divisor_that_fits(monkeypatch):
     monkeypatch.setattr(layers, "ROW_BLOCK_BYTES", 5 * per_row)
     assert layers.row_block(1, 12, 10, 2, 3, 3) == 4  # divisors of 12 up to 5 rows: 1, 2, 3, 4
     assert layers.row_block(1, 11, 10, 2, 3, 3) == 1  # 11 is prime
+    with pytest.raises(ValueError, match="strategy must be"):
+        layers.kernel_grad(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), jnp.ones((1, 2, 2, 2)),
+                           ((0, 0), (0, 0)), "im2col")
+
+
+def test_kernel_gradient_strategy_by_pixels_and_patch_row_bytes():
     assert layers.kernel_grad_strategy((1, 128, 128, 16)) == "rows"
     assert layers.kernel_grad_strategy((1, 64, 64, 1)) == "rows"
     assert layers.kernel_grad_strategy((2, 32, 32, 512)) == "xla"  # small image, many channels
     assert layers.kernel_grad_strategy((1, 32, 32, 16)) == "xla"
-    with pytest.raises(ValueError, match="strategy must be"):
-        layers.kernel_grad(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), jnp.ones((1, 2, 2, 2)),
-                           ((0, 0), (0, 0)), "im2col")
+    assert layers.kernel_grad_strategy((2, 64, 64, 256)) == "rows"
+    assert layers.kernel_grad_strategy((2, 64, 64, 512)) == "xla"  # one row of patches: 2.4 MB
+    assert layers.kernel_grad_strategy((2, 128, 128, 512)) == "rows"
+    assert layers.kernel_grad_strategy((2, 64, 64, 512), (1, 1)) == "rows"
 
 
 def test_unet_gradients_agree_between_conv_implementations():

@@ -28,23 +28,29 @@ def _explicit_padding(padding, kernel):
 
 ROW_BLOCK_BYTES = 3e6  # patch bytes of one row block (L2 and a share of L3)
 ROWS_MIN_PIXELS = 4096  # n * h * w from which ``rows`` beats XLA's own kernel gradient
+ROWS_MIN_PIXELS_WIDE = 16384  # the same for layers whose patch rows fill half a block or more
 MAX_FUSED_CONCAT = 8  # XLA's CPU fusion leaves a concatenation of more operands unfused
+GROUP_BY_ROW_CIN = 64  # from this many input channels, one offset group per kernel row
 
 
-def kernel_grad_strategy(x_shape) -> str:
+def kernel_grad_strategy(x_shape, kernel=(3, 3)) -> str:
     """How :func:`conv_matmul_grad` computes a kernel gradient on the CPU: ``rows`` for layers of
-    >= :data:`ROWS_MIN_PIXELS` input pixels (batch x height x width), else ``xla``.
+    >= :data:`ROWS_MIN_PIXELS` input pixels (batch x height x width), or of >=
+    :data:`ROWS_MIN_PIXELS_WIDE` when one output row's patches (``n * w * kh * kw * c`` floats)
+    take half of :data:`ROW_BLOCK_BYTES` or more, else ``xla``.
 
     Measured alone on a 2-core AVX-512 machine (issue 8), in turns in one process, rows
     (:func:`kernel_grad`'s grouped blocks) against xla: 1x64x64, 128 -> 128: 7.5-7.9 against
     10.1 ms; 256 -> 128: 15.7 against 19.8; 1x512x512, 1 -> 16: 3.7 against 5.3; 1x128x128,
-    3 -> 16: 0.7 against 1.8; 2x256x256, 1 -> 64: 5.3 against 4.8; 2x32x32, 512 -> 512: 56
-    against 54 -- XLA's is as good for small images of many channels, and better below 64x64.
-    Whole steps, in turns in one process, threshold 16384 pixels and >= 8 channels against this
-    rule: 1x512x512, 16 features: 585 -> 575 ms; 2x256x256, 64 features: 3,295 -> 3,264 ms.
-    (Earlier, ungrouped row blocks lost to XLA at 2x64x64, 512 -> 256: 215 against 118 ms.)"""
-    n, h, w, _ = x_shape
-    return "rows" if n * h * w >= ROWS_MIN_PIXELS else "xla"
+    3 -> 16: 0.7 against 1.8; 2x64x64, 256 -> 256: 53 against 57; 2x128x128, 512 -> 256: 458
+    against 1,646; but 2x64x64, 512 -> 256 (patches of one row 2.4 MB): 165 against 118, and
+    equal at 1x64x64, 1024 -> 512 and 2x32x32, 512 -> 512 -- XLA's is as good or better for
+    small images of many channels. Whole steps, in turns in one process, against the earlier
+    rule (>= 16384 pixels and >= 8 channels): 1x512x512, 16 features: 585 -> 575 ms."""
+    n, h, w, c = x_shape
+    per_row = n * w * kernel[0] * kernel[1] * c * 4
+    least = ROWS_MIN_PIXELS if 2 * per_row < ROW_BLOCK_BYTES else ROWS_MIN_PIXELS_WIDE
+    return "rows" if n * h * w >= least else "xla"
 
 
 def row_block(n: int, ho: int, wo: int, cin: int, kh: int, kw: int) -> int:
@@ -62,10 +68,12 @@ def kernel_grad(x, w, g, padding, strategy: str):
     per kernel offset over the whole image. ``rows``: the padded input is transposed once to
     channel-major ``[cin, n, h, w]``; then a loop over blocks of output rows (about
     :data:`ROW_BLOCK_BYTES` of patches, so that they stay in cache). Per block, the kernel
-    offsets go in groups of at most :data:`MAX_FUSED_CONCAT` (one group per kernel row for
-    3x3): each group's patches ``[len(group)*cin, pixels]`` are one fused copy of its shifted
-    slices, then one matrix product with the block's output gradient ``[pixels, cout]``. Each
-    loop step takes two blocks, one from each half of the image, into separate accumulators.
+    offsets go in groups of at most :data:`MAX_FUSED_CONCAT`: as few groups as that allows
+    below :data:`GROUP_BY_ROW_CIN` input channels (two for 3x3, so that the products have 64-80
+    rows for 16 channels), one group per kernel row from there on. Each group's patches
+    ``[len(group)*cin, pixels]`` are one fused copy of its shifted slices, then one matrix
+    product with the block's output gradient ``[pixels, cout]``. Each loop step takes two
+    blocks, one from each half of the image, into separate accumulators.
 
     Why: XLA's CPU dot runs these small products (``[48, 4096] @ [4096, 16]``) on one thread,
     85 us alone and 122 us when split over two; independent products in one loop step run
@@ -75,7 +83,10 @@ def kernel_grad(x, w, g, padding, strategy: str):
     1x256x256, 32 -> 32: 10.5 against 14.6; 64 -> 32: 20.1 against 24.8; 1x128x128, 128 -> 64:
     16.3 against 18.5 (XLA's own: 58.8 ms for 16 -> 16, 121.6 for 32 -> 16). Whole training
     steps in turns in one process: 1x512x512, 16 features: 612 -> 585 ms; 2x256x256, 64
-    features: 3,340 -> 3,295 ms. PyTorch's oneDNN still takes 8.9 and 17.0 ms for the first two.
+    features: 3,340 -> 3,295 ms. Two groups against three (one per kernel row), alone: 1x512x512,
+    16 -> 16: 13.2-13.6 against 17.8-18.3 ms; 1x256x256, 16 -> 32: 5.4-5.6 against 6.4-6.8; from
+    64 channels on as fast or slower (2x256x256, 128 -> 64: 140.8 against 135.7); 16-feature
+    step 567 -> 549 ms. PyTorch's oneDNN takes 8.9 and 17.0 ms for 16 -> 16 and 32 -> 16.
     Tried and slower: pixel-major patches with ``g^T @ patches`` (15.8 ms for 16 -> 16 but 31.3
     for 32 -> 16 and worse above), shifting ``g`` instead of ``x``, width-stacked patches with
     row-shifted gradients (``[3 cin, P] @ [P, 3 cout]``), transposing per block, padding
@@ -102,8 +113,10 @@ def kernel_grad(x, w, g, padding, strategy: str):
     per_way = blocks // ways
     xt = jnp.transpose(xp, (3, 0, 1, 2))  # [cin, n, h, w]: patch rows are contiguous pixels
     offsets = [(i, j) for i in range(kh) for j in range(kw)]
-    size = min(kw, MAX_FUSED_CONCAT)
-    groups = [offsets[k:k + size] for k in range(0, len(offsets), size)]
+    size = min(kw, MAX_FUSED_CONCAT) if cin >= GROUP_BY_ROW_CIN else MAX_FUSED_CONCAT
+    count = -(-len(offsets) // size)  # groups of <= size offsets, sizes within one of each other
+    bounds = [len(offsets) * k // count for k in range(count + 1)]
+    groups = [offsets[a:b] for a, b in zip(bounds, bounds[1:])]
 
     def block(acc, b):
         acc = list(acc)
@@ -188,7 +201,7 @@ def _conv_bwd(padding, strategy, res, g):
     x, w = res
     dx = _input_grad(w, g, padding)
     if strategy == "auto":
-        strategy = kernel_grad_strategy(x.shape)
+        strategy = kernel_grad_strategy(x.shape, w.shape[:2])
     return dx, kernel_grad(x, w, g, padding, strategy).astype(w.dtype)
 
 
