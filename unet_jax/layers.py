@@ -46,7 +46,10 @@ def kernel_grad_strategy(x_shape, kernel=(3, 3)) -> str:
     against 1,646; but 2x64x64, 512 -> 256 (patches of one row 2.4 MB): 165 against 118, and
     equal at 1x64x64, 1024 -> 512 and 2x32x32, 512 -> 512 -- XLA's is as good or better for
     small images of many channels. Whole steps, in turns in one process, against the earlier
-    rule (>= 16384 pixels and >= 8 channels): 1x512x512, 16 features: 585 -> 575 ms."""
+    rule (>= 16384 pixels and >= 8 channels), with rows from 4096 pixels for every layer:
+    1x512x512, 16 features: 585 -> 575 ms; 2x256x256, 64 features: 3,295 -> 3,264 ms; keeping
+    XLA's for the wide layers then left the 64-feature step unchanged within noise (3,274
+    against 3,252 ms)."""
     n, h, w, c = x_shape
     per_row = n * w * kernel[0] * kernel[1] * c * 4
     least = ROWS_MIN_PIXELS if 2 * per_row < ROW_BLOCK_BYTES else ROWS_MIN_PIXELS_WIDE
@@ -75,9 +78,9 @@ def kernel_grad(x, w, g, padding, strategy: str):
     product with the block's output gradient ``[pixels, cout]``. Each loop step takes two
     blocks, one from each half of the image, into separate accumulators.
 
-    Why: XLA's CPU dot runs these small products (``[48, 4096] @ [4096, 16]``) on one thread,
-    85 us alone and 122 us when split over two; independent products in one loop step run
-    side by side, and a concatenation of <= 8 operands is fused with its slices (one copy
+    Why: XLA's CPU dot gains nothing from a second core on these small products (``[48, 4096]
+    @ [4096, 16]``: 85 us with one core, 122 us with two), while independent products in one
+    loop step run side by side, and a concatenation of <= 8 operands is fused with its slices (one copy
     instead of two). Alone on 2 CPU cores, in turns, this against one product of all nine
     offsets per block: 1x512x512, 16 -> 16: 17.8 against 22.2 ms; 32 -> 16: 30.1 against 42.1;
     1x256x256, 32 -> 32: 10.5 against 14.6; 64 -> 32: 20.1 against 24.8; 1x128x128, 128 -> 64:
