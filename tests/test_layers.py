@@ -58,7 +58,7 @@ def test_widened_eigen_convolution_equals_lax(kernel, padding, cin, cout):
 @pytest.mark.parametrize("shape,kernel,padding", [((2, 13, 10, 8), (3, 3), "VALID"),
                                                   ((1, 12, 9, 8), (3, 3), "SAME"),
                                                   ((2, 9, 8, 4), (2, 4), ((2, 0), (1, 1))),
-                                                  # two blocks per loop step; 18 offsets in groups of 8, 8, 2
+                                                  # two blocks per loop step; 18 offsets in groups of 6, 6, 6
                                                   ((1, 8, 12, 3), (2, 9), "SAME"),
                                                   ((1, 6, 5, 64), (3, 3), "SAME")])  # a group per kernel row
 def test_kernel_gradient_strategies_equal_lax(strategy, shape, kernel, padding, monkeypatch):

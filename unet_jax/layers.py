@@ -51,14 +51,18 @@ def kernel_grad_strategy(x_shape, kernel=(3, 3)) -> str:
     XLA's for the wide layers then left the 64-feature step unchanged within noise (3,274
     against 3,252 ms)."""
     n, h, w, c = x_shape
-    per_row = n * w * kernel[0] * kernel[1] * c * 4
-    least = ROWS_MIN_PIXELS if 2 * per_row < ROW_BLOCK_BYTES else ROWS_MIN_PIXELS_WIDE
-    return "rows" if n * h * w >= least else "xla"
+    wide = 2 * patch_row_bytes(n, w, c, *kernel) >= ROW_BLOCK_BYTES
+    return "rows" if n * h * w >= (ROWS_MIN_PIXELS_WIDE if wide else ROWS_MIN_PIXELS) else "xla"
+
+
+def patch_row_bytes(n: int, wo: int, cin: int, kh: int, kw: int) -> int:
+    """Bytes of one output row's float32 patches ``[kh * kw * cin, n * wo]``."""
+    return n * wo * kh * kw * cin * 4
 
 
 def row_block(n: int, ho: int, wo: int, cin: int, kh: int, kw: int) -> int:
     """The largest divisor of ``ho`` whose block of patches fits ``ROW_BLOCK_BYTES`` (at least 1)."""
-    per_row = n * wo * kh * kw * cin * 4
+    per_row = patch_row_bytes(n, wo, cin, kh, kw)
     fits = [r for r in range(1, ho + 1) if ho % r == 0 and r * per_row <= ROW_BLOCK_BYTES]
     return max(fits, default=1)
 
@@ -80,8 +84,8 @@ def kernel_grad(x, w, g, padding, strategy: str):
 
     Why: XLA's CPU dot gains nothing from a second core on these small products (``[48, 4096]
     @ [4096, 16]``: 85 us with one core, 122 us with two), while independent products in one
-    loop step run side by side, and a concatenation of <= 8 operands is fused with its slices (one copy
-    instead of two). Alone on 2 CPU cores, in turns, this against one product of all nine
+    loop step run side by side, and a concatenation of <= 8 operands is fused with its slices
+    (one copy instead of two). Alone on 2 CPU cores, in turns, this against one product of all nine
     offsets per block: 1x512x512, 16 -> 16: 17.8 against 22.2 ms; 32 -> 16: 30.1 against 42.1;
     1x256x256, 32 -> 32: 10.5 against 14.6; 64 -> 32: 20.1 against 24.8; 1x128x128, 128 -> 64:
     16.3 against 18.5 (XLA's own: 58.8 ms for 16 -> 16, 121.6 for 32 -> 16). Whole training

@@ -1,4 +1,4 @@
-"""XLA CPU options that speed up training on CPU (issue 8), opt-in: ``UNET_JAX_XLA_FLAGS=1``.
+"""XLA CPU options once faster for CPU training (issue 8), opt-in: ``UNET_JAX_XLA_FLAGS=1``.
 
 ``--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce`` routes matrix products (and the
 elementwise / reduction fusions around them) to XNNPACK's YNN kernels. Measured on the project's
