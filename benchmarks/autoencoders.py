@@ -13,7 +13,8 @@ import tempfile
 
 import jax
 
-from unet_jax import ae_train
+from experiments.configs import autoencoder
+from unet_jax import mnist_train, runtime
 
 
 def main():
@@ -21,11 +22,12 @@ def main():
     p.add_argument("--data_dir", default="../shared/data/mnist")
     p.add_argument("--models", default="ae,denoising,vae,sparse,contractive")
     a = p.parse_args()
+    runtime.setup()
     results = {}
     for name in a.models.split(","):
-        config = ae_train.get_config(name)
+        config = autoencoder.get_config(name)
         config.data_dir = a.data_dir
-        s = ae_train.train_and_evaluate(config, tempfile.mkdtemp(prefix=f"ae_bench_{name}_"))
+        s = mnist_train.train_autoencoder(config, tempfile.mkdtemp(prefix=f"ae_bench_{name}_"))
         results[name] = s
         print(json.dumps({"benchmark": "autoencoders", "backend": jax.default_backend(), **s}), flush=True)
     verdict = {"all_runs_under_600_s": all(s["wall_time_s"] <= 600 for s in results.values())}

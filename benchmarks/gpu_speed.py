@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from unet_jax import layers, parallel, train, unet
+from unet_jax import layers, parallel, runtime, train, unet
 
 
 def model_flops(model: nn.Module, input_shape) -> float:
@@ -185,6 +185,7 @@ def main(argv=None):
     p.add_argument("--inference_batch", type=int, default=8, help="0 skips inference")
     p.add_argument("--output", default="", help="also append the JSON lines to this file")
     a = p.parse_args(argv)
+    runtime.setup()
     lines = []
 
     def emit(d):

@@ -1,7 +1,7 @@
 """ISBI 2012 quality: train with experiments/configs/isbi2012.py (the :cpu variant by default)
 on slices 00-19 of ../shared/data/isbi2012, evaluate slices 20-24 with test-time augmentation,
 and print the training wall time and the pixel, Rand and warping errors as one JSON line
-(issue target within a 60-minute training budget on 2 CPU cores: pixel error <= 0.09, Rand
+(target within a 60-minute training budget on 2 CPU cores: pixel error <= 0.09, Rand
 error <= 0.08). ``pixel_error`` thresholds at 0.5 (``pixel_error_best_threshold``: the best of
 0.01 ... 0.99 on each test image; ``pixel_error_calibrated``: at the one threshold with the
 smallest pixel error on the training slices 00-19); ``rand_error`` (minimised over thresholds

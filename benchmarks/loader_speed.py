@@ -1,5 +1,5 @@
 """Loader and augmentation throughput at 512x512 next to the default model's train-step
-consumption (issue target: loader >= 3x the step's rate). Prints one JSON line.
+consumption (target: loader >= 3x the step's rate). Prints one JSON line.
 
     python -m benchmarks.loader_speed
 """
@@ -13,11 +13,12 @@ import jax
 import numpy as np
 
 from experiments.configs import default
-from unet_jax import train
+from unet_jax import runtime, train
 from unet_jax.data import augment, builders, loader
 
 
 def main():
+    runtime.setup()
     tmp = tempfile.mkdtemp(prefix="loader_bench_")
     src = builders.load("synthetic_cells", tmp, size=512, num_train=8, num_test=1)["train"]
     # host loader: read + random 512x512 tile (+ mirrored context of a depth-4 valid U-Net)

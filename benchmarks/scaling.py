@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from unet_jax import runtime
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,7 +34,7 @@ def worker(a):
     import numpy as np
 
     from experiments.configs import default
-    from unet_jax import parallel, train
+    from unet_jax import parallel, train, unet
 
     config = default.get_config()
     config.data.tile_size = a.tile
@@ -52,7 +54,7 @@ def worker(a):
         runner = parallel.Runner(step, mode)
         state = jax.tree.map(np.array, state0)  # a fresh copy: the step donates its state
         if runner.mode == "pmap":
-            state = state.replace(apply_fn=train.create_model(config, parallel.AXIS).apply)
+            state = state.replace(apply_fn=unet.from_config(config.model, parallel.AXIS).apply)
         dstate = runner.put_state(state)
         dstate, m = runner(dstate, batch, key)  # compile + first step
         times = []
@@ -81,6 +83,7 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)  # worker process
     a = p.parse_args()
+    runtime.setup()
     if a.n:
         return worker(a)
     base = None

@@ -14,10 +14,10 @@ With ``--rounds R`` the two frameworks are timed in turns, R blocks of ``--steps
 (PyTorch in a fresh process per block, with its own warm-up), and each step time reported is the
 median of the R block medians: a slow spell of this shared machine then hits both sides alike.
 
-``import unet_jax`` sets glibc's malloc for this process (:mod:`unet_jax.cpu_malloc`). The
-PyTorch reference is run with glibc's defaults (``--torch_malloc default``), with the same
-settings through ``GLIBC_TUNABLES`` (``same``: like for like), or both (the default), one ratio
-each.
+Like every entry point, this benchmark sets glibc's malloc for its process
+(:func:`unet_jax.runtime.setup`). The PyTorch reference is run with glibc's defaults
+(``--torch_malloc default``), with the same settings through ``GLIBC_TUNABLES`` (``same``: like
+for like), or both (the default), one ratio each.
 """
 import argparse
 import json
@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-# importing unet_jax sets this process's malloc (see the docstring)
-from unet_jax import cpu_malloc
+from unet_jax import runtime
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_unet_reference.py"
 
@@ -56,14 +55,15 @@ def jax_step(batch: int, size: int, features: int, depth: int, inference: bool):
     import optax
     from flax.training import train_state
 
-    from unet_jax import unet
+    from unet_jax import ops, unet
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 1)), jnp.float32)
     y = jnp.asarray(np.random.default_rng(1).integers(0, 2, (batch, size, size)), jnp.int32)
 
     def build(conv):
         """(jitted function, its arguments) for the model with kernel-gradient option ``conv``."""
-        model = unet.UNet(features=features, depth=depth, padding="same", num_classes=2, conv=conv)
+        model = unet.UNet(features=features, depth=depth, padding="same", num_classes=2,
+                          conv=ops.conv_kernel(conv))
         params = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x[:1])["params"]
         if inference:
             return jax.jit(lambda p, x: model.apply({"params": p}, x).sum()), (params, x)
@@ -90,7 +90,7 @@ def jax_step(batch: int, size: int, features: int, depth: int, inference: bool):
             loss.block_until_ready()
 
     # FLOPs as XLA counts them for the same step with plain XLA convolutions: the row-block loop
-    # of the CPU kernel gradients (unet_jax.layers.kernel_grad) hides its products from the count.
+    # of the CPU kernel gradients (unet_jax.ops.cpu_conv.kernel_grad) hides its products from the count.
     # Inference has no kernel gradients, so its own step is already plain.
     plain, plain_args = (fn, args) if inference else build("xla")
     cost = plain.lower(*plain_args).compile().cost_analysis()
@@ -114,12 +114,12 @@ def timed_median(run, steps: int) -> float:
 
 def torch_step(python: str, batch, size, features, depth, inference, steps, malloc: str):
     """The reference's JSON line; ``malloc='same'`` runs it with the glibc malloc settings that
-    ``import unet_jax`` gives this process (:data:`unet_jax.cpu_malloc.GLIBC_TUNABLES`)."""
+    this process runs with (:data:`unet_jax.runtime.GLIBC_TUNABLES`)."""
     cmd = [python, str(REFERENCE), "--batch", str(batch), "--size", str(size), "--features", str(features),
            "--depth", str(depth), "--steps", str(steps)] + (["--inference"] if inference else [])
     env = dict(os.environ)
     if malloc == "same":
-        env["GLIBC_TUNABLES"] = cpu_malloc.GLIBC_TUNABLES
+        env["GLIBC_TUNABLES"] = runtime.GLIBC_TUNABLES
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         lines = out.stderr.strip().splitlines()
@@ -138,14 +138,15 @@ def main():
     p.add_argument("--rounds", type=int, default=1, help="blocks of --steps, JAX and PyTorch in turns")
     p.add_argument("--torch_malloc", choices=("default", "same", "both"), default="both",
                    help="run the PyTorch reference with glibc's default malloc, with the settings "
-                        "unet_jax gives this process (unet_jax.cpu_malloc), or both")
+                        "this process runs with (unet_jax.runtime), or both")
     a = p.parse_args()
     if a.steps < 1 or a.rounds < 1:
         p.error(f"--steps and --rounds must be >= 1, got {a.steps} and {a.rounds}")
+    malloc_applied = runtime.setup()
     mallocs = ("default", "same") if a.torch_malloc == "both" else (a.torch_malloc,)
     ceiling = sgemm_gflops()
     print(json.dumps({"benchmark": "sgemm", "gflops_per_s": round(ceiling, 1), "cpu_count": os.cpu_count(),
-                      "jax_malloc": "unet_jax.cpu_malloc" if cpu_malloc.applied else "default"}))
+                      "jax_malloc": "unet_jax.runtime" if malloc_applied else "default"}))
     for shape in a.shapes.split(","):
         batch, size, features = (int(v) for v in shape.split("x"))
         run, flops, j = jax_step(batch, size, features, a.depth, a.inference)
@@ -171,7 +172,7 @@ def main():
             j["round_ms"] = [round(v, 1) for v in jax_ms]
         print(json.dumps(j), flush=True)
         for m in mallocs if a.vs_pytorch else ():
-            t = dict(reply[m], malloc=m, **({"glibc_tunables": cpu_malloc.GLIBC_TUNABLES} if m == "same" else {}))
+            t = dict(reply[m], malloc=m, **({"glibc_tunables": runtime.GLIBC_TUNABLES} if m == "same" else {}))
             if torch_ms[m]:
                 tmed = float(np.median(torch_ms[m]))
                 t.update({"step_ms_median": round(tmed, 1), "images_per_s": round(batch / tmed * 1000, 3)})

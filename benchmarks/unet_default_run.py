@@ -1,5 +1,5 @@
 """The main job as a user runs it: wall time and final held-out Dice of
-`python -m experiments.unet_segment --workdir DIR` with the default config (issue target:
+`python -m experiments.unet_segment --workdir DIR` with the default config (target:
 <= 10 minutes on 2 CPU cores, held-out foreground Dice >= 0.90). Prints one JSON line.
 
     python -m benchmarks.unet_default_run [--tfds_dir DIR] [extra --config.x=y ...]

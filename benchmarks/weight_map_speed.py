@@ -1,5 +1,5 @@
 """Weight-map speed: 512x512 instance map with >= 100 cells, pinned to one CPU core
-(issue target: <= 1 s). Prints one JSON line.
+(target: <= 1 s). Prints one JSON line.
 
     python -m benchmarks.weight_map_speed
 """

@@ -1,30 +1,30 @@
 """Trains an autoencoder or the VAE on MNIST and compares it with PCA.
 
-    python -m experiments.autoencoder --model vae --workdir runs/vae --config.data_dir ../shared/data/mnist
-    python -m experiments.autoencoder --model denoising --workdir runs/dae --config.data_dir ../shared/data/mnist --config.noise=masking
+    python -m experiments.autoencoder --workdir runs/ae --config.data_dir ../shared/data/mnist
+    python -m experiments.autoencoder --workdir runs/vae --config experiments/configs/autoencoder.py:vae \
+        --config.data_dir ../shared/data/mnist
+    python -m experiments.autoencoder --workdir runs/dae --config experiments/configs/autoencoder.py:denoising \
+        --config.data_dir ../shared/data/mnist --config.noise=masking
 
---model picks the defaults (ae, sparse, denoising, contractive, vae); --config.x=y overrides them.
+The variant after the colon (ae, sparse, denoising, contractive, vae) picks the defaults;
+``--config.x=y`` overrides them.
 """
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import ae_train
+from unet_jax import mnist_train, runtime
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "ae", ae_train.MODELS, "Which autoencoder.")
 flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and figures.", required=True)
-config_flags.DEFINE_config_dict("config", ae_train.get_config("ae"), "Overrides (--config.x=y).")
+config_flags.DEFINE_config_file("config", "experiments/configs/autoencoder.py",
+                                "Config file (path[:variant]); override fields with --config.x=y.",
+                                lock_config=True)
 
 
 def main(argv):
     del argv
-    config = ae_train.get_config(FLAGS.model)
-    overridden = {a.split("=")[0][len("--config."):] for a in sys.argv if a.startswith("--config.")}
-    for key in overridden:
-        config[key] = FLAGS.config[key]
-    summary = ae_train.train_and_evaluate(config, FLAGS.workdir)
+    runtime.setup(FLAGS.verbosity)
+    summary = mnist_train.train_autoencoder(FLAGS.config, FLAGS.workdir)
     print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
 
 

@@ -7,16 +7,18 @@ Without ``--config.data_dir`` MNIST comes through TFDS (internet needed once).
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import cnn
+from unet_jax import mnist_train, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, figures and the summary.", required=True)
-config_flags.DEFINE_config_dict("config", cnn.get_config(), "Run configuration (override --config.x=y).")
+config_flags.DEFINE_config_file("config", "experiments/configs/cnn_mnist.py",
+                                "Config file; override fields with --config.x=y.", lock_config=True)
 
 
 def main(argv):
     del argv
-    summary = cnn.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    runtime.setup(FLAGS.verbosity)
+    summary = mnist_train.train_cnn(FLAGS.config, FLAGS.workdir)
     print(f"held-out accuracy {summary['test_accuracy']:.4f} in {summary['wall_time_s']:.0f} s "
           f"({summary['steps']} steps); results in {FLAGS.workdir}")
 

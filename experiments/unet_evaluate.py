@@ -5,7 +5,6 @@ error) plus Dice / IoU and, where the data has instances, instance metrics; also
         --data_dir ../shared/data/isbi2012 --split 'train[20:]' --tta
 """
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,20 +26,23 @@ flags.DEFINE_string("output", "", "JSON file (default: WORKDIR/eval_DATASET.json
 
 def main(argv):
     del argv
-    from unet_jax import evaluation, train
+    from unet_jax import evaluation, runtime
     from unet_jax.data import builders
 
+    runtime.setup(FLAGS.verbosity)
     try:
-        config, state = evaluation.load_trained(FLAGS.workdir)
-        tfds_dir = FLAGS.tfds_dir or config.data.tfds_dir or os.path.expanduser("~/tensorflow_datasets")
-        options = train.dataset_options(config, FLAGS.dataset)
+        run = evaluation.load_trained(FLAGS.workdir)
+        config = run.config
+        options = builders.dataset_options(config, FLAGS.dataset)
         splits = (FLAGS.split,) + ((FLAGS.calibrate_split,) if FLAGS.calibrate_split else ())
-        sources = builders.load(FLAGS.dataset, tfds_dir, FLAGS.data_dir, splits=splits, **options)
+        sources = builders.load(FLAGS.dataset, FLAGS.tfds_dir or builders.tfds_dir(config), FLAGS.data_dir,
+                                splits=splits, **options)
         threshold = None
         if FLAGS.calibrate_split:
-            threshold = evaluation.calibrate_threshold(config, state, sources[FLAGS.calibrate_split], FLAGS.tta)
-        results = evaluation.evaluate_split(config, state, sources[FLAGS.split], FLAGS.tta, FLAGS.warping,
-                                            threshold=threshold)
+            threshold = evaluation.calibrate_threshold(config, run.predict, sources[FLAGS.calibrate_split],
+                                                       FLAGS.tta)
+        results, _ = evaluation.evaluate(config, run.predict, sources[FLAGS.split], tta=FLAGS.tta,
+                                         warping=FLAGS.warping, threshold=threshold)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

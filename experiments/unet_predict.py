@@ -26,11 +26,13 @@ def main(argv):
     import tifffile
     from PIL import Image
 
-    from unet_jax import evaluation, plots, train, unet
+    from unet_jax import evaluation, inference, plots, runtime, unet
     from unet_jax.data import builders, readers
 
+    runtime.setup(FLAGS.verbosity)
     try:
-        config, state = evaluation.load_trained(FLAGS.workdir)
+        run = evaluation.load_trained(FLAGS.workdir)
+        config = run.config
         src = Path(FLAGS.input)
         files = sorted(p for p in src.iterdir() if p.suffix.lower() in readers.IMAGE_SUFFIXES) \
             if src.is_dir() else [src]
@@ -39,8 +41,7 @@ def main(argv):
         out = Path(FLAGS.output)
         out.mkdir(parents=True, exist_ok=True)
         k = config.model.num_classes
-        tile_in = FLAGS.tile_size or train.eval_tile_size(config)
-        predict = train.predict_fn(state)
+        tile_in = FLAGS.tile_size or inference.eval_tile_size(config)
         for f in files:
             arr = readers.read_image(f)
             stack = f.suffix.lower() in (".tif", ".tiff") and arr.ndim == 3 and arr.shape[-1] not in (3, 4)
@@ -55,7 +56,7 @@ def main(argv):
                 if min(image.shape[:2]) < need:
                     raise ValueError(f"{f}: image is {image.shape[0]}x{image.shape[1]}, smaller than one "
                                      f"{need}x{need} tile; pass a smaller --tile_size")
-                p = evaluation.predict_probs(config, state, image, FLAGS.tta, tile_in, predict)
+                p = inference.predict_probs(config, run.predict, image, FLAGS.tta, tile_in)
                 mask = p.argmax(-1).astype(np.uint8)
                 masks.append(mask * 255 if k == 2 else mask)
                 probs.append(np.moveaxis(p, -1, 0).astype(np.float32))

@@ -6,14 +6,15 @@ synthetic-cells dataset; flags scale it to several GPUs and SLURM nodes.
         --config.data.data_dir ../shared/data/isbi2012
     python -m experiments.unet_segment --workdir runs/ --config.num_steps=200 --config.parallel=mesh
 
-A rerun on the same workdir resumes from its last checkpoint.
+A rerun on the same workdir resumes from its last checkpoint. ``--verbosity=1`` shows the
+libraries' INFO logs.
 """
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import train
+from unet_jax import runtime, safety, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).", required=True)
@@ -24,9 +25,10 @@ config_flags.DEFINE_config_file("config", "experiments/configs/default.py",
 
 def main(argv):
     del argv
+    runtime.setup(FLAGS.verbosity)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (train.NonFiniteLoss, RuntimeError, ValueError) as e:
+    except (safety.NonFiniteLoss, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

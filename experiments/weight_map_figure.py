@@ -8,7 +8,7 @@ Without --data_dir the sample comes from the embedded synthetic-cells generator.
 """
 from absl import app, flags
 
-from unet_jax import losses, plots
+from unet_jax import losses, plots, runtime
 from unet_jax.data import readers, synthetic
 
 FLAGS = flags.FLAGS
@@ -22,6 +22,7 @@ flags.DEFINE_string("output", "weight_map.png", "PNG to write.")
 
 def main(argv):
     del argv
+    runtime.setup(FLAGS.verbosity)
     if FLAGS.data_dir:
         images, masks, names = readers.read_isbi2012(FLAGS.data_dir)
         if not 0 <= FLAGS.index < len(images):

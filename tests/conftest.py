@@ -37,3 +37,16 @@ def isbi_dir() -> Path:
 @pytest.fixture
 def dsb_dir() -> Path:
     return require_shared("dsb2018_subset")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A workdir holding a 2-step run of the tiny config (tests/helpers.py)."""
+    from tests.helpers import tiny_config
+    from unet_jax import train
+
+    workdir = tmp_path_factory.mktemp("trained")
+    config = tiny_config(str(tmp_path_factory.mktemp("tfds")))
+    config.num_steps = 2
+    train.train_and_evaluate(config, str(workdir))
+    return workdir

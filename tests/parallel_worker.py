@@ -28,7 +28,7 @@ def main():
     import jax
     import numpy as np
 
-    from unet_jax import parallel, train
+    from unet_jax import parallel, train, unet
     from tests.helpers import tiny_config
 
     if a.num_processes > 1:
@@ -46,7 +46,7 @@ def main():
 
     runner = parallel.Runner(step, a.mode)
     if runner.mode == "pmap":
-        state = state.replace(apply_fn=train.create_model(config, parallel.AXIS).apply)
+        state = state.replace(apply_fn=unet.from_config(config.model, parallel.AXIS).apply)
     dstate = runner.put_state(state)
     rng = np.random.default_rng(123)
     per = b // a.num_processes

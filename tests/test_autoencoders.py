@@ -9,7 +9,7 @@ import pytest
 from flax.training import train_state
 from scipy.linalg import subspace_angles
 
-from unet_jax import ae_train
+from experiments.configs import autoencoder
 from unet_jax import autoencoders as ae
 from unet_jax.data import mnist
 
@@ -166,21 +166,5 @@ def test_bad_input():
     params = model.init(jax.random.key(0), jnp.ones((1, 28, 28, 1)), jax.random.key(0))["params"]
     with pytest.raises(ValueError, match=r"must be in \[0, 1\] for a Bernoulli decoder"):
         ae.vae_loss_fn(model)(params, {"image": jnp.full((1, 28, 28, 1), 255.0)}, jax.random.key(0))
-    with pytest.raises(ValueError, match="model must be one of"):
-        ae_train.get_config("pca")
-
-
-@pytest.mark.parametrize("model,figure,epochs", [("ae", "reconstructions.png", 10),
-                                                 ("denoising", "denoising.png", 30)])
-def test_autoencoder_experiment_writes_its_outputs(mnist_dir, tmp_path, model, figure, epochs):
-    config = ae_train.get_config(model)
-    config.data_dir = str(mnist_dir)
-    config.num_train, config.num_test, config.epochs, config.hidden = 512, 128, epochs, (64,)
-    config.learning_rate, config.batch_size, config.noise_level = 3e-3, 32, 0.2
-    s = ae_train.train_and_evaluate(config, str(tmp_path))
-    (train, _), (test, _) = mnist.load_mnist(str(mnist_dir), 512, 128)
-    mean_digit_mse = float(np.mean((test - train.mean(0)) ** 2))
-    assert 0 < s["test_mse"] < mean_digit_mse and s["pca32_test_mse"] < mean_digit_mse
-    for name in (figure, "latent_scatter.png", "summary.json", "metrics.jsonl", "comparison.md"):
-        assert (tmp_path / name).exists(), name
-    assert any((tmp_path / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match="variant must be one of"):
+        autoencoder.get_config("pca")

@@ -30,7 +30,7 @@ def test_model_flops_match_xla_forward(padding, size, upsample):
 
 
 def test_train_step_flops_are_three_forward_passes():
-    model = unet.UNet(features=8, depth=2, padding="valid", conv="xla")
+    model = unet.UNet(features=8, depth=2, padding="valid")
     batch = jax.tree.map(jnp.asarray, gpu_speed.make_batch(2, 92))
     out = unet.output_size(92, 2, "valid")
     params = model.init(jax.random.key(0), batch["image"][:1])["params"]

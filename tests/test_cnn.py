@@ -1,6 +1,5 @@
 """The digit CNN and the MNIST IDX reader."""
 import gzip
-import json
 
 import chex
 import jax
@@ -10,7 +9,6 @@ import pytest
 
 from unet_jax import cnn
 from unet_jax.data import mnist
-from unet_jax.writers import read_jsonl
 
 
 def _write_idx(path, magic, arr, truncate=0):
@@ -68,22 +66,6 @@ def test_confusion_matrix_against_loop():
     for i in range(10):
         for j in range(10):
             assert cm[i, j] == np.sum((t == i) & (p == j))
-
-
-def test_cnn_experiment_end_to_end(mnist_dir, tmp_path):
-    """A short run learns (far above the 10 % chance level) and writes its outputs."""
-    config = cnn.get_config()
-    config.data_dir = str(mnist_dir)
-    config.num_train, config.num_test = 1000, 200
-    config.features, config.hidden = (8, 16), 32
-    config.epochs = 2
-    summary = cnn.train_and_evaluate(config, str(tmp_path))
-    assert summary["test_accuracy"] > 0.6
-    lines = read_jsonl(tmp_path / "metrics.jsonl")
-    assert [l["epoch"] for l in lines] == [1, 2]
-    assert json.loads((tmp_path / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]
-    for name in ("predictions.png", "confusion_matrix.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_mnist_bad_data_dir(tmp_path):

@@ -1,6 +1,5 @@
-"""Overlap-tile inference, TTA, the predict / evaluate CLIs and their bad inputs."""
-import json
-import shutil
+"""Overlap-tile inference, TTA, a run's prediction path, the predict CLI and its bad inputs."""
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import tiny_config
-from unet_jax import evaluation, inference, train, unet
+from unet_jax import inference, train, unet
 from unet_jax.data.loader import mirror_pad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,15 +83,6 @@ def test_invalid_tile_size_is_an_error(valid_model):
         inference.predict_valid(valid_model[2], np.zeros((40, 40, 1), np.float32), 2, 30, 3)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("trained")
-    config = tiny_config(str(tmp_path_factory.mktemp("tfds")))
-    config.num_steps = 2
-    train.train_and_evaluate(config, str(workdir))
-    return workdir
-
-
 def _predict_cli(*args):
     return subprocess.run([sys.executable, "-m", "experiments.unet_predict", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
@@ -119,37 +109,15 @@ def test_predict_cli_writes_masks_probabilities_and_overlays(trained, tmp_path):
         assert proc.returncode == 1 and match in proc.stderr and str(tmp_path / bad) in proc.stderr
 
 
-def test_bad_checkpoint_and_channels(trained, tmp_path):
-    config, state = evaluation.load_trained(trained)
+def test_a_runs_prediction_path_equals_the_model_and_checks_channels():
+    config = tiny_config("")
+    state = train.create_state(config, jax.random.key(0, impl="rbg"))
+    variables = inference.model_variables(state)
+    assert set(variables) == {"params", "batch_stats"}  # the tiny config uses batch norm
+    predict = functools.partial(inference.make_predict(state.apply_fn), variables)
+    image = np.random.default_rng(3).random((64, 64, 1)).astype(np.float32)
+    want = jax.nn.softmax(state.apply_fn(variables, image[None], train=False), -1)[0]
+    np.testing.assert_allclose(inference.predict_probs(config, predict, image), want, atol=1e-5)
+    assert inference.eval_tile_size(config) == config.data.eval_tile_size == 64
     with pytest.raises(ValueError, match="image has 3 channels, the model expects 1"):
-        evaluation.predict_probs(config, state, np.zeros((64, 64, 3), np.float32))
-    other = tmp_path / "other"
-    shutil.copytree(trained, other)
-    cfg = json.loads((other / "config.json").read_text())
-    cfg["model"]["features"] = 8
-    (other / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="was trained with model"):
-        evaluation.load_trained(other)
-    with pytest.raises(ValueError, match="holds no trained run"):
-        evaluation.load_trained(tmp_path)
-
-
-def test_evaluate_cli_prints_table1_and_writes_json(trained, tmp_path):
-    config = json.loads((trained / "config.json").read_text())
-    proc = subprocess.run([sys.executable, "-m", "experiments.unet_evaluate", "--workdir", str(trained),
-                           "--dataset", "synthetic_cells", "--split", "test",
-                           "--tfds_dir", config["data"]["tfds_dir"], "--output", str(tmp_path / "e.json"),
-                           "--calibrate_split", "test"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| Warping Error | Rand Error | Pixel Error |" in proc.stdout
-    res = json.loads((tmp_path / "e.json").read_text())
-    for k in ("warping_error", "rand_error", "rand_error_bg_segment", "pixel_error",
-              "pixel_error_best_threshold", "dice_1", "iou_1", "dsb_map", "f1@0.5"):
-        assert 0 <= res[k] <= 1, k
-    assert res["pixel_error_best_threshold"] <= res["pixel_error"]  # 0.5 is among the thresholds
-    # calibrated on the evaluated split itself: one threshold for all images can do no better
-    # than each image's best, and no worse than 0.5 (one of the candidates)
-    assert res["pixel_error_best_threshold"] <= res["pixel_error_calibrated"] <= res["pixel_error"]
-    assert res["calibrated_threshold"] in evaluation.THRESHOLDS and res["calibrate_split"] == "test"
-    assert res["images"] == 2
+        inference.predict_probs(config, predict, np.zeros((64, 64, 3), np.float32))

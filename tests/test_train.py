@@ -1,5 +1,5 @@
-"""The training engine end to end: outputs, exact resume, SIGKILL / SIGTERM, NaN, locking,
-config checks, half-written checkpoints and recompilation."""
+"""The training engine end to end: outputs, quiet output, exact resume, SIGKILL / SIGTERM, NaN,
+locking, config checks, half-written checkpoints and recompilation."""
 import json
 import os
 import random
@@ -16,16 +16,19 @@ import numpy as np
 import pytest
 
 from tests.helpers import tiny_config
-from unet_jax import checkpoint, train
-from unet_jax.data import loader
+from unet_jax import checkpoint, safety, train
+from unet_jax.data import builders, loader
 from unet_jax.writers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8
 
 
-def _cli(workdir, tfds_dir, *overrides):
-    cmd = [sys.executable, "-m", "experiments.unet_segment", "--workdir", str(workdir),
+def _cli(workdir, tfds_dir, *overrides, step_delay: float = 0.0):
+    """The main job's CLI on the tiny config; ``step_delay`` pauses after every step
+    (tests/slow_segment.py) so that a test can signal the run in the middle."""
+    entry = ["tests.slow_segment", str(step_delay)] if step_delay else ["experiments.unet_segment"]
+    cmd = [sys.executable, "-m", *entry, "--workdir", str(workdir),
            "--config", "tests/tiny_config.py", f"--config.data.tfds_dir={tfds_dir}",
            f"--config.num_steps={STEPS}", *overrides]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -46,10 +49,8 @@ def _params(workdir, step=None):
 
 
 def _assert_bitwise_equal(a, b):
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(jax.tree.leaves(a.opt_state), jax.tree.leaves(b.opt_state)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    chex.assert_trees_all_equal(a.params, b.params)
+    chex.assert_trees_all_equal(a.opt_state, b.opt_state)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,19 @@ def reference(tmp_path_factory, tfds_dir):
     workdir = tmp_path_factory.mktemp("reference")
     rc, out = _finish(_cli(workdir, tfds_dir))
     assert rc == 0, out[-3000:]
+    (workdir.parent / "reference_output.txt").write_text(out)
     return workdir
+
+
+def test_a_run_prints_validations_and_a_summary_without_library_chatter(reference):
+    out = (reference.parent / "reference_output.txt").read_text()
+    lines = out.strip().splitlines()
+    # progress off: one line per validation (here only the final one) and the summary
+    assert len(lines) == 2, out
+    assert lines[0].startswith(f"step {STEPS}: final validation on 2 images: dice ")
+    assert json.loads(lines[1])["summary"]["step"] == STEPS
+    for chatter in ("INFO", "Warning", "Unable to initialize backend", "Downloading and preparing"):
+        assert chatter not in out, chatter
 
 
 def test_end_to_end_run_writes_everything(reference):
@@ -93,7 +106,7 @@ def test_resume_ends_with_the_uninterrupted_parameters(reference, tfds_dir, tmp_
 
 
 def test_sigkill_at_a_random_step_then_restart(reference, tfds_dir, tmp_path):
-    proc = _cli(tmp_path, tfds_dir, "--config.debug_step_delay=0.4")
+    proc = _cli(tmp_path, tfds_dir, step_delay=0.4)
     ckdir = tmp_path / "checkpoints"
     deadline = time.time() + 300
     while not (ckdir.exists() and any(p.name.isdigit() for p in ckdir.iterdir())):
@@ -111,8 +124,8 @@ def test_sigkill_at_a_random_step_then_restart(reference, tfds_dir, tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tfds_dir, tmp_path):
-    proc = _cli(tmp_path, tfds_dir, "--config.num_steps=10000", "--config.debug_step_delay=0.2",
-                "--config.checkpoint_every=1000")
+    proc = _cli(tmp_path, tfds_dir, "--config.num_steps=10000", "--config.checkpoint_every=1000",
+                step_delay=0.2)
     deadline = time.time() + 300
     while not (tmp_path / "metrics.jsonl").exists():
         assert proc.poll() is None and time.time() < deadline
@@ -155,13 +168,13 @@ def test_nan_in_a_batch_stops_the_run_naming_the_step(tfds_dir, tmp_path, monkey
                         lambda *a, **k: _NanAt(iter(real(*a, **k)), at=5))
     config = tiny_config(str(tfds_dir))
     config.num_steps = STEPS
-    with pytest.raises(train.NonFiniteLoss, match=r"at step 5; stopped.*checkpoint \(step 4\)"):
+    with pytest.raises(safety.NonFiniteLoss, match=r"at step 5; stopped.*checkpoint \(step 4\)"):
         train.train_and_evaluate(config, str(tmp_path))
     assert checkpoint.Checkpoints(tmp_path / "checkpoints").latest_step() == 4
 
 
 def test_second_run_on_a_workdir_in_use_refuses(tfds_dir, tmp_path):
-    lock = train.WorkdirLock(tmp_path)
+    lock = safety.WorkdirLock(tmp_path)
     try:
         with pytest.raises(RuntimeError, match="is in use by another run"):
             train.train_and_evaluate(tiny_config(str(tfds_dir)), str(tmp_path))
@@ -214,7 +227,6 @@ def test_config_variants_only_override_fields_of_the_default(name, variant):
     import importlib
 
     from experiments.configs import default
-    from unet_jax.data import builders
 
     def keys(c, prefix=""):
         return {k2 for k, v in c.items()
@@ -224,4 +236,4 @@ def test_config_variants_only_override_fields_of_the_default(name, variant):
     config = module.get_config(variant) if variant else module.get_config()
     assert keys(config) == keys(default.get_config())
     fields = {f.name for f in dataclasses.fields(builders.CellsConfig)}
-    assert set(train.dataset_options(config, config.data.dataset)) <= fields  # options the builders accept
+    assert set(builders.dataset_options(config, config.data.dataset)) <= fields  # options the builders accept

@@ -7,6 +7,7 @@ checkpoint half-written by a crash is never listed (``cleanup_tmp_directories`` 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -36,8 +37,9 @@ class Checkpoints:
             policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
                                      n=1, keep_checkpoints_without_metrics=False))
         self.best_metric = best_metric
+        self.directory = Path(os.path.abspath(directory))
         self.manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
+            self.directory,
             options=ocp.CheckpointManagerOptions(
                 create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False,
                 preservation_policy=pp.AnyPreservationPolicy(policies)),
@@ -67,6 +69,12 @@ class Checkpoints:
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                 meta=ocp.args.JsonRestore()))
         return out["state"], out["meta"]
+
+    def restore_raw(self, step: int) -> dict:
+        """The saved state of ``step`` as a tree of dicts and arrays, without a target (for
+        inference: no optimiser needs to be built to read the parameters)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return out["state"]
 
     def read_meta(self, step: int) -> dict:
         """Only the JSON side item of ``step``."""

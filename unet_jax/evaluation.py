@@ -1,18 +1,41 @@
-"""Loading a trained run, and the ISBI-2012-style evaluation of a dataset split."""
+"""The one evaluation loop (periodic validation in training, the final validation and
+``unet_evaluate`` alike), and loading a trained run for it.
+
+Metrics follow ISBI 2012 (pixel, Rand and warping error), plus per-class Dice / IoU and, where
+the data has instances, instance metrics (DSB 2018).
+"""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from pathlib import Path
+from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from unet_jax import checkpoint, metrics, train
+from unet_jax import checkpoint, inference, metrics, unet
+
+THRESHOLDS = metrics.THRESHOLDS  # 0.01 ... 0.99, 0.5 exactly among them
 
 
-def load_trained(workdir: str | Path, step: int | None = None):
-    """(config, state) of a run: its config.json and its best checkpoint (else the latest).
+@dataclasses.dataclass
+class Trained:
+    """A trained run: its config, the model's variables at ``step`` and ``predict`` (tiles ->
+    probabilities, compiled once)."""
+
+    config: ml_collections.ConfigDict
+    variables: dict
+    step: int
+    predict: Callable
+
+
+def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
+    """A run's config.json and the model variables of its checkpoint ``step`` (default: the
+    best by validation Dice, else the latest).
 
     Raises:
       ValueError: no run in ``workdir``, or a checkpoint that does not fit the config's model.
@@ -26,82 +49,97 @@ def load_trained(workdir: str | Path, step: int | None = None):
     step = step if step is not None else (ck.best_step() or ck.latest_step())
     if step is None:
         raise ValueError(f"workdir {workdir} holds no checkpoint")
+    where = workdir / "checkpoints" / str(step)
     meta = ck.read_meta(step)
     if meta["config"]["model"] != config.model.to_dict():
-        raise ValueError(f"checkpoint {workdir / 'checkpoints' / str(step)} was trained with model "
-                         f"{meta['config']['model']}, config.json says {config.model.to_dict()}")
-    target = train.create_state(config, jax.random.key(0, impl="rbg"))
-    try:
-        state, _ = ck.restore(step, target)
-    except Exception as e:  # noqa: BLE001 - any mismatch of shapes or structure
-        raise ValueError(f"checkpoint {workdir / 'checkpoints' / str(step)} does not fit the model "
-                         f"of {cfg_path} ({type(e).__name__})") from None
+        raise ValueError(f"checkpoint {where} was trained with model {meta['config']['model']}, "
+                         f"config.json says {config.model.to_dict()}")
+    model = unet.from_config(config.model)
+    size = inference.eval_tile_size(config)
+    expected = jax.eval_shape(model.init, jax.random.key(0, impl="rbg"),
+                              jnp.zeros((1, size, size, config.model.in_channels)))
+    saved = ck.restore_raw(step)
     ck.close()
-    return config, state
+    variables = {k: saved.get(k) for k in expected}
+    shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)
+    try:
+        fits = shapes(variables) == shapes(expected)
+    except (TypeError, ValueError, AttributeError):  # a missing item or another tree structure
+        fits = False
+    if not fits:
+        raise ValueError(f"checkpoint {where} does not fit the model of {cfg_path}")
+    predict = inference.make_predict(model.apply)
+    return Trained(config, variables, step, functools.partial(predict, variables))
 
 
-def predict_probs(config, state, image, tta: bool = False, tile_size: int = 0, predict=None):
-    """[H, W, K] probabilities for one image [H, W, C]; pass ``predict`` (``train.predict_fn``)
-    when predicting many images, so the model is compiled once."""
-    return train.predict_probs(config, predict or train.predict_fn(state), image, tta, tile_size)
-
-
-THRESHOLDS = metrics.THRESHOLDS  # 0.01 ... 0.99, 0.5 exactly among them
-
-
-def calibrate_threshold(config, state, source, tta: bool = False) -> float:
+def calibrate_threshold(config, predict, source, tta: bool = False) -> float:
     """The foreground threshold (one of ``THRESHOLDS``) with the smallest pixel error summed over
-    the images of ``source`` — chosen on data other than the evaluated split (e.g. the training
+    the images of ``source``: chosen on data other than the evaluated split (e.g. the training
     slices), it corrects the bias of a class-weighted loss without looking at the test set."""
-    predict = train.predict_fn(state)
     errors = np.zeros(len(THRESHOLDS))
     for i in range(len(source)):
         ex = source[i]
-        fg = predict_probs(config, state, ex["image"], tta, predict=predict)[..., 1:].sum(-1)
+        fg = inference.predict_probs(config, predict, ex["image"], tta)[..., 1:].sum(-1)
         errors += [metrics.pixel_error(fg > t, ex["labels"] > 0) for t in THRESHOLDS]
     return float(THRESHOLDS[int(np.argmin(errors))])
 
 
-def evaluate_split(config, state, source, tta: bool = False, warping: bool = True,
-                   threshold: float | None = None) -> dict:
-    """Warping, Rand and pixel errors (ISBI 2012), Dice / IoU and, where the data has
-    instances, instance metrics, averaged over the images of ``source``.
+def evaluate(config, predict, source, *, tta: bool = False, quick: bool = False,
+             max_images: int | None = None, warping: bool = True,
+             threshold: float | None = None) -> tuple[dict, list]:
+    """Whole-image predictions (:func:`unet_jax.inference.predict_probs`) of the first
+    ``max_images`` images of ``source`` and their metrics, averaged over the images.
 
-    ``pixel_error`` thresholds the foreground probability at 0.5; ``pixel_error_best_threshold``
-    is the smallest over the thresholds 0.01, 0.02, ..., 0.99 (as the Rand error is;
-    ``rand_error_coarse``: over 0.05, 0.10, ..., 0.95 only). ``rand_error`` counts predicted
-    boundary pixels as singletons (ISBI 2012), ``rand_error_bg_segment`` as one segment,
-    ``rand_error_thinned`` as singletons after border thinning (see
-    :func:`unet_jax.metrics.rand_error`). With ``threshold`` (from
-    :func:`calibrate_threshold`) also ``pixel_error_calibrated`` at that threshold."""
-    rows = []
-    predict = train.predict_fn(state)
-    for i in range(len(source)):
+    Every evaluation reports ``dice`` / ``iou`` (the mean over the foreground classes),
+    ``dice_c`` / ``iou_c`` per class c (of the argmax), ``pixel_error`` (foreground probability
+    thresholded at 0.5) and ``rand_error``: the ISBI 2012 foreground-restricted Rand error with
+    predicted border pixels as singletons, minimised over the thresholds 0.05 ... 0.95 when
+    ``quick`` (validation during training) and over 0.01 ... 0.99 otherwise.
+
+    A full evaluation (``quick=False``) adds ``rand_error_coarse`` (over 0.05 ... 0.95),
+    ``rand_error_bg_segment`` (predicted borders as one segment), ``rand_error_thinned``
+    (singletons after border thinning), ``pixel_error_best_threshold`` (each image's best of
+    0.01 ... 0.99), ``warping_error`` (unless ``warping=False``), instance metrics where the data
+    has instances and, given ``threshold`` (:func:`calibrate_threshold`),
+    ``pixel_error_calibrated``.
+
+    Returns:
+      (metrics, samples): samples are (image, labels, foreground probability) of the first 4.
+    """
+    k = config.model.num_classes
+    thresholds = metrics.COARSE_THRESHOLDS if quick else THRESHOLDS
+    count = len(source) if max_images is None else min(len(source), max_images)
+    rows, samples = [], []
+    for i in range(count):
         ex = source[i]
-        probs = predict_probs(config, state, ex["image"], tta, predict=predict)
+        probs = inference.predict_probs(config, predict, ex["image"], tta)
         fg = probs[..., 1:].sum(-1)
         truth = ex["labels"] > 0
-        rand = metrics.rand_errors(fg, truth, THRESHOLDS)  # the coarse grid is a subset
-        row = {"pixel_error": metrics.pixel_error(fg > 0.5, truth),
-               "pixel_error_best_threshold": min(metrics.pixel_error(fg > t, truth) for t in THRESHOLDS),
-               "rand_error": rand.min(),
-               "rand_error_coarse": rand[np.isin(THRESHOLDS, metrics.COARSE_THRESHOLDS)].min(),
-               "rand_error_bg_segment": metrics.rand_error(fg, truth, background="segment")[0],
-               "rand_error_thinned": metrics.rand_error(fg, truth, thin=True)[0]}
-        if threshold is not None:
-            row.update(pixel_error_calibrated=metrics.pixel_error(fg > threshold, truth),
-                       calibrated_threshold=threshold)
-        if warping:
-            row["warping_error"] = metrics.warping_error(fg, truth)["error"]
-        dice, iou = metrics.dice_iou(probs.argmax(-1), ex["labels"], config.model.num_classes)
-        row.update({f"dice_{c}": float(dice[c]) for c in range(len(dice))})
-        row.update({f"iou_{c}": float(iou[c]) for c in range(len(iou))})
-        if ex["instances"].max() > 0:
-            row.update(metrics.instance_metrics(ex["instances"], metrics.segments(fg > 0.5)))
+        rand = metrics.rand_errors(fg, truth, thresholds)
+        dice, iou = metrics.dice_iou(probs.argmax(-1), ex["labels"], k)
+        row = {"dice": float(np.mean(dice[1:])), "iou": float(np.mean(iou[1:])),
+               "pixel_error": metrics.pixel_error(fg > 0.5, truth), "rand_error": float(rand.min()),
+               **{f"dice_{c}": float(dice[c]) for c in range(k)},
+               **{f"iou_{c}": float(iou[c]) for c in range(k)}}
+        if not quick:
+            row.update(
+                rand_error_coarse=float(rand[np.isin(thresholds, metrics.COARSE_THRESHOLDS)].min()),
+                rand_error_bg_segment=metrics.rand_error(fg, truth, background="segment")[0],
+                rand_error_thinned=metrics.rand_error(fg, truth, thin=True)[0],
+                pixel_error_best_threshold=min(metrics.pixel_error(fg > t, truth) for t in THRESHOLDS))
+            if threshold is not None:
+                row.update(pixel_error_calibrated=metrics.pixel_error(fg > threshold, truth),
+                           calibrated_threshold=threshold)
+            if warping:
+                row["warping_error"] = metrics.warping_error(fg, truth)["error"]
+            if ex["instances"].max() > 0:
+                row.update(metrics.instance_metrics(ex["instances"], metrics.segments(fg > 0.5)))
         rows.append(row)
-    keys = sorted({k for r in rows for k in r})
-    return {"images": len(rows),
-            **{k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}}
+        if len(samples) < 4:
+            samples.append((ex["image"], ex["labels"], fg))
+    keys = sorted({key for r in rows for key in r})
+    summary = {key: float(np.mean([r[key] for r in rows if key in r])) for key in keys}
+    return {"images": len(rows), **summary}, samples
 
 
 def table1(results: dict, name: str = "unet_jax") -> str:

@@ -7,11 +7,15 @@
 
 Tiles go to the device ``batch_tiles`` at a time, so memory is bounded by the tile batch, not
 the image. Test-time augmentation averages the 8 flips / 90 degree rotations.
+
+:func:`predict_probs` is the one prediction path of a run's model, used by validation during
+training, ``unet_evaluate`` and ``unet_predict`` alike.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import numpy as np
 
 from unet_jax import unet
@@ -129,3 +133,50 @@ def predict_image(predict: Callable, image, depth: int, padding: str, tile_size:
         p = np.rot90(fn(predict, np.ascontiguousarray(t), depth, tile_size, num_classes, batch_tiles), -k)
         total += p[:, ::-1] if flip else p
     return total / len(DIHEDRAL)
+
+
+# ------------------------------------------------------------------ a trained run's model
+def make_predict(apply_fn: Callable) -> Callable:
+    """A jitted ``predict(variables, tiles [N, S, S, C]) -> softmax [N, s, s, K]`` (inference
+    mode: batch norm uses its running statistics, no dropout). Build it once per model and bind
+    the variables with ``functools.partial``: it compiles once per tile batch shape."""
+
+    @jax.jit
+    def predict(variables, x):
+        return jax.nn.softmax(apply_fn(variables, x, train=False), -1)
+
+    return predict
+
+
+def model_variables(state) -> dict:
+    """The variables ``apply_fn`` takes from a train state: params and, with batch norm, its
+    statistics."""
+    variables = {"params": state.params}
+    if getattr(state, "batch_stats", None) is not None:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def eval_tile_size(config) -> int:
+    """The input tile size of a run's whole-image inference: the training tile's, or
+    ``data.eval_tile_size`` when larger."""
+    m = config.model
+    return max(unet.tile_sizes(config.data.tile_size, m.depth, m.padding)[0], config.data.eval_tile_size)
+
+
+def predict_probs(config, predict: Callable, image, tta: bool = False, tile_size: int = 0) -> np.ndarray:
+    """[H, W, K] probabilities of one image [H, W, C] with a run's model (``config.model``),
+    tiles of ``tile_size`` (default :func:`eval_tile_size`) and ``config.eval_batch_tiles``.
+
+    Raises:
+      ValueError: when the image's channels are not the model's.
+    """
+    m = config.model
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] != m.in_channels:
+        raise ValueError(f"image has {image.shape[-1]} channels, the model expects {m.in_channels}")
+    return predict_image(predict, image, depth=m.depth, padding=m.padding,
+                         tile_size=tile_size or eval_tile_size(config), num_classes=m.num_classes,
+                         tta=tta, batch_tiles=config.eval_batch_tiles)

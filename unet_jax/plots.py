@@ -16,6 +16,12 @@ def pyplot():
     return plt
 
 
+def _save(plt, fig, path, dpi: int) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def weight_map_figure(image, instances, weights, path: str | os.PathLike, title: str = "") -> None:
     """Ronneberger et al. 2015, Fig. 3 in spirit: raw image, ground truth (instances in
     colour), the pixel-wise loss weight map."""
@@ -34,9 +40,7 @@ def weight_map_figure(image, instances, weights, path: str | os.PathLike, title:
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path, 90)
 
 
 def prediction_overlays(samples, path: str | os.PathLike) -> None:
@@ -57,9 +61,7 @@ def prediction_overlays(samples, path: str | os.PathLike) -> None:
         row[2].set_title("truth (green) / prediction (red)")
         for ax in row:
             ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path, 80)
 
 
 def training_curves(history: list[dict], path: str | os.PathLike) -> None:
@@ -77,6 +79,76 @@ def training_curves(history: list[dict], path: str | os.PathLike) -> None:
             ax[1].plot(*zip(*pts), marker="o", ms=3, label=key)
     ax[1].set_xlabel("step")
     ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path, 80)
+
+
+def digit_predictions(images, labels, preds, path: str | os.PathLike) -> None:
+    """32 held-out digits titled 'prediction (true label)', mistakes first and in red."""
+    plt = pyplot()
+    order = np.argsort(labels == preds, kind="stable")[:32]
+    fig, axes = plt.subplots(4, 8, figsize=(10, 5.5))
+    for ax, i in zip(axes.flat, order):
+        ax.imshow(images[i, ..., 0], cmap="gray")
+        ax.set_title(f"{preds[i]} (true {labels[i]})", fontsize=8,
+                     color="black" if preds[i] == labels[i] else "red")
+        ax.axis("off")
+    fig.suptitle("Held-out digits: prediction (true label); mistakes first, in red")
+    _save(plt, fig, path, 100)
+
+
+def confusion_matrix(cm, path: str | os.PathLike) -> None:
+    """A [true, predicted] count matrix with its counts written in."""
+    plt = pyplot()
+    k = len(cm)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(cm, cmap="Blues")
+    for (t, p), v in np.ndenumerate(cm):
+        ax.text(p, t, str(v), ha="center", va="center", fontsize=7,
+                color="white" if v > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_title("Confusion matrix (held-out digits)")
+    _save(plt, fig, path, 100)
+
+
+def image_rows(rows, path: str | os.PathLike) -> None:
+    """Named rows of [N, H, W, 1] images in [0, 1] (e.g. original / reconstruction)."""
+    plt = pyplot()
+    n = len(rows[0][1])
+    fig, axes = plt.subplots(len(rows), n, figsize=(n, 1.1 * len(rows) + 0.3), squeeze=False)
+    for r, (name, imgs) in enumerate(rows):
+        for c in range(n):
+            axes[r, c].imshow(imgs[c, ..., 0], cmap="gray", vmin=0, vmax=1)
+            axes[r, c].axis("off")
+        axes[r, 0].set_title(name, fontsize=8, loc="left")
+    _save(plt, fig, path, 90)
+
+
+def latent_scatter(z, labels, title: str, path: str | os.PathLike) -> None:
+    """Latents [N, D] coloured by digit: the two coordinates when D = 2, else the top two
+    principal components."""
+    plt = pyplot()
+    z = np.asarray(z)
+    if z.shape[1] > 2:
+        zc = z - z.mean(0)
+        z2, axis_name = zc @ np.linalg.svd(zc, full_matrices=False)[2][:2].T, "latent PC"
+    else:
+        z2, axis_name = z, "z"
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(z2[:, 0], z2[:, 1], c=labels, cmap="tab10", s=6)
+    fig.colorbar(sc, ax=ax, ticks=range(10))
+    ax.set_xlabel(f"{axis_name} 1")
+    ax.set_ylabel(f"{axis_name} 2")
+    ax.set_title(title)
+    _save(plt, fig, path, 90)
+
+
+def image_grid(images, rows: int, path: str | os.PathLike) -> None:
+    """[rows * cols, H, W, 1] images in [0, 1] tiled row by row into one grey PNG."""
+    plt = pyplot()
+    images = np.asarray(images)[..., 0]
+    n, h, w = images.shape
+    grid = images.reshape(rows, n // rows, h, w).transpose(0, 2, 1, 3).reshape(rows * h, n // rows * w)
+    plt.imsave(path, grid, cmap="gray", vmin=0, vmax=1)

@@ -15,12 +15,13 @@ With ``depth=4, features=64, in_channels=1, num_classes=2`` and no normalisation
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
-from unet_jax import layers
+from unet_jax import layers, ops
 
 PADDINGS = ("valid", "same")
 
@@ -119,9 +120,8 @@ class UNet(nn.Module):
       upsample: ``transpose`` (2x2 up-convolution, paper) or ``bilinear`` (resize + 3x3 conv).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay ``param_dtype``.
       axis_name: pmap axis for cross-device batch statistics.
-      conv: ``auto`` (row-block matrix-product kernel gradients on CPU, XLA's elsewhere),
-        ``xla``, ``matmul`` or ``rows`` (see :func:`layers.conv_impl`); the forward pass is the
-        same.
+      conv: the convolution function (``lax.conv_general_dilated`` or a kernel from
+        :func:`unet_jax.ops.conv_kernel`); every choice computes the same values.
     """
 
     num_classes: int = 2
@@ -135,7 +135,7 @@ class UNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     axis_name: str | None = None
-    conv: str = "auto"  # convolution kernel-gradient implementation (layers.conv_impl)
+    conv: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -164,9 +164,28 @@ class UNet(nn.Module):
             x = jnp.concatenate([skip, x], axis=-1)
             x = block(f, name=f"up_block_{level}")(x, train)
         x = nn.Conv(self.num_classes, (1, 1), kernel_init=layers.he_normal(), dtype=self.dtype,
-                    param_dtype=self.param_dtype, conv_general_dilated=layers.conv_impl(self.conv),
+                    param_dtype=self.param_dtype, conv_general_dilated=self.conv,
                     name="head")(x)
         return x.astype(jnp.float32)
+
+
+def from_config(m, axis_name: str | None = None) -> UNet:
+    """The U-Net of a run's ``config.model``; its ``conv`` name picks the convolution kernel
+    here, once, for the backend JAX runs on (:func:`unet_jax.ops.conv_kernel`)."""
+    return UNet(num_classes=m.num_classes, features=m.features, depth=m.depth,
+                in_channels=m.in_channels, padding=m.padding, norm=m.norm, dropout=m.dropout,
+                upsample=m.upsample, dtype=jnp.dtype(m.dtype), axis_name=axis_name,
+                conv=ops.conv_kernel(m.get("conv", "auto")))
+
+
+def tile_sizes(out_tile: int, depth: int, padding: str) -> tuple[int, int]:
+    """(input tile, output tile) of a training tile of ``out_tile`` output pixels: the same
+    size in same mode; in valid mode the smallest valid input whose output covers it."""
+    if padding == "same":
+        output_size(out_tile, depth, "same")  # raises for sizes the network cannot take
+        return out_tile, out_tile
+    size_in = input_size_for_output(out_tile, depth, "valid")
+    return size_in, output_size(size_in, depth, "valid")
 
 
 # Model variants (functools.partial of the one module).

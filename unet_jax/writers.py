@@ -16,16 +16,27 @@ def _plain(value):
 
 
 class MetricWriter:
-    """Appends ``{"step": s, **metrics}`` lines to ``workdir/metrics.jsonl``.
+    """Appends ``{"step": s, **tags, **metrics}`` lines to ``workdir/metrics.jsonl`` and, with
+    ``tensorboard``, the same scalars to TensorBoard event files in ``workdir/tensorboard``
+    (``train_loss`` as the tag ``train/loss``).
 
     Only the process that is told it is the writer (process 0 in multi-host runs) writes.
     """
 
-    def __init__(self, workdir: str | os.PathLike, filename: str = "metrics.jsonl", enabled: bool = True):
+    def __init__(self, workdir: str | os.PathLike, filename: str = "metrics.jsonl", enabled: bool = True,
+                 tensorboard: bool = False):
         self.path = Path(workdir) / filename
         self.enabled = enabled
+        self.tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    from tensorboardX import SummaryWriter
+                except ImportError:  # optional: the JSONL is always written
+                    SummaryWriter = None
+                if SummaryWriter is not None:
+                    self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict, **tags) -> None:
         if not self.enabled:
@@ -33,6 +44,15 @@ class MetricWriter:
         record = {"step": int(step), **tags, **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k.replace("_", "/", 1), _plain(v), step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -48,17 +68,3 @@ def write_json(path: str | os.PathLike, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=_plain)
     os.replace(tmp, path)
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """A deterministic permutation of range(n), different for every (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def batch_indices(n: int, batch_size: int, seed: int | None = None, epoch: int = 0,
-                  drop_remainder: bool = True):
-    """Index arrays of batches over ``n`` examples: shuffled by (seed, epoch) when seed is given."""
-    order = np.arange(n) if seed is None else epoch_permutation(n, seed, epoch)
-    stop = n - n % batch_size if drop_remainder else n
-    for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]

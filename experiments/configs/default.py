@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.dropout = 0.0  # dropout at the end of the contracting path
     m.upsample = "transpose"  # transpose (paper) | bilinear
     m.dtype = "float32"  # compute dtype (bfloat16 on GPUs)
-    m.conv = "auto"  # kernel gradients: auto (per-layer choice on CPU) | xla | matmul | rows
+    m.conv = "auto"  # convolution kernels: auto (CPU kernels on CPU) | xla | matmul | rows
 
     c.data = d = ml_collections.ConfigDict()
     d.dataset = "synthetic_cells"  # synthetic_cells | isbi2012 | nuclei_dsb | image_folder
@@ -74,7 +74,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.stop_after = -1  # stop (with a checkpoint) after this step, as a preemption would
     c.time_budget_s = 0.0  # > 0: stop training after this many seconds, then evaluate and save
     c.progress = True  # tqdm progress bar
-    c.debug_step_delay = 0.0  # seconds slept after each step (tests interrupt runs with it)
     c.parallel = "auto"  # auto (pmap if several devices) | jit | pmap | mesh
     c.loader_threads = 2  # grain read threads
     c.loader_workers = 0  # grain worker processes (0: threads only)

@@ -5,18 +5,11 @@ large tile per step. Slices 00-19 train, 20-24 held out.
     python -m experiments.unet_segment --workdir runs/isbi --config experiments/configs/isbi2012.py \
         --config.data.data_dir ../shared/data/isbi2012
 
-On 2 CPU cores use the CPU variant (a 16-feature U-Net, batch norm, no dropout, border weight
-w0 = 20, Adam, <= 57 minutes of training): --config experiments/configs/isbi2012.py:cpu
-(benchmarks/isbi2012_quality.py). Measured on slices 20-24 with TTA (2-core AMD EPYC,
-UNET_JAX_XLA_FLAGS=1), one run each, Rand error over thresholds 0.01 ... 0.99:
-  this variant, 5700 steps in 3353 s: Rand error 0.0781, pixel error 0.0748 at the threshold
-  chosen on the training slices (0.111 at 0.5), warping 0.0016;
-  w0 = 10 (the paper's), dropout 0.5: 5500 steps, Rand 0.0879 (0.0896 on the 0.05 grid);
-  w0 = 10, no dropout: 5640 steps, Rand 0.0843 (the training curve matched the dropout run's);
-  w0 = 10, dropout 0.5, --config.data.class_balance=False (w_c = 1): 5620 steps, Rand 0.098,
-  pixel error 0.081 at 0.5.
-Pilots of 1200 steps (w0 = 10, dropout 0.5): balanced 0.096 / 0.155, w_c = 1 0.086 / 0.155, one
-572x572 tile a step instead of two 380x380 ones in the same time 0.121 / 0.279.
+On 2 CPU cores use the CPU variant, a 16-feature U-Net with batch norm, no dropout, border
+weight w0 = 20 and Adam, trained for at most 57 minutes:
+--config experiments/configs/isbi2012.py:cpu. benchmarks/isbi2012_quality.py trains it and
+evaluates slices 20-24 with TTA (Rand error 0.078, pixel error 0.075 on a 2-core AMD EPYC; how
+the variant was chosen: docs/performance.md).
 """
 from experiments.configs import default
 
@@ -48,14 +41,14 @@ def get_config(variant: str = "paper"):
         c.model.features = 16
         c.model.norm = "batch"
         c.model.dropout = 0.0  # no visible effect on the training curve with batch norm
-        c.data.w0 = 20.0  # border weight: Rand 0.078 against 0.084 with the paper's 10
+        c.data.w0 = 20.0  # border weight, chosen on these runs (the paper: 10)
         c.data.tile_size = 196
         c.data.eval_tile_size = 380
         c.optim.name = "adam"
         c.optim.learning_rate = 1e-3
         c.optim.schedule = "cosine"
         c.batch_size = 2
-        c.num_steps = 5700  # 0.57 s a step on a 2-core AVX-512 EPYC with UNET_JAX_XLA_FLAGS=1 (~54 min)
+        c.num_steps = 5700  # about 54 minutes on a 2-core AVX-512 EPYC
         c.eval_every = 0  # validate at the end only (periodic validations count as training time)
         c.eval_max_images = 2
         c.checkpoint_every = 500

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from scipy import ndimage
 
 from unet_jax import losses
@@ -103,6 +104,14 @@ class _Base(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return self.dataset_info_from_configs(features=_features(self.builder_config.channels),
                                              disable_shuffling=True)  # keep file / slice order
+
+    # TFDS prints these two notices to stdout; for local sources a log line is enough
+    # (shown with --verbosity=1)
+    def _log_download_bytes(self):
+        logging.info("preparing dataset %s into %s", self.name, self.data_dir)
+
+    def _log_download_done(self):
+        logging.info("dataset %s prepared in %s", self.name, self.data_dir)
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -268,3 +277,31 @@ def load(name: str, data_dir: str | os.PathLike, source_dir: str = "", splits=No
         return prepare(name, data_dir, source_dir, splits, **options)
     names = splits or tfds.builder(name, data_dir=str(data_dir)).info.splits
     return {split: tfds.data_source(name, split=split, data_dir=str(data_dir)) for split in names}
+
+
+def dataset_options(config, dataset: str) -> dict:
+    """The builder options of ``dataset`` for a run's ``config``: the synthetic set's sizes, the
+    input channels and the weight map (``class_balance`` only when off, so that datasets
+    prepared before the option existed keep their names)."""
+    d = config.data
+    options = {"w0": d.w0, "sigma": d.sigma}
+    if not d.get("class_balance", True):
+        options["class_balance"] = False
+    if dataset == "synthetic_cells":
+        options.update(size=d.synthetic_size, num_train=d.synthetic_train, num_test=d.synthetic_test)
+    if dataset in ("nuclei_dsb", "image_folder"):
+        options["channels"] = config.model.in_channels
+    return options
+
+
+def tfds_dir(config) -> str:
+    """Where a run keeps prepared datasets: ``config.data.tfds_dir`` or ~/tensorflow_datasets."""
+    return config.data.tfds_dir or os.path.expanduser("~/tensorflow_datasets")
+
+
+def load_train_eval(config) -> tuple:
+    """(train source, validation source) of a run's ``config.data``, prepared once."""
+    d = config.data
+    sources = load(d.dataset, tfds_dir(config), d.data_dir, splits=(d.train_split, d.eval_split),
+                   **dataset_options(config, d.dataset))
+    return sources[d.train_split], sources[d.eval_split]

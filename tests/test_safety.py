@@ -1,0 +1,50 @@
+"""Run safety on its own: the workdir lock, SIGTERM as a flag, the resumed-config check and the
+non-finite stop (the trainer's use of them is tested end to end in test_train.py)."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from unet_jax import checkpoint, safety
+
+
+def test_a_second_lock_on_a_workdir_is_refused_until_released(tmp_path):
+    lock = safety.WorkdirLock(tmp_path)
+    assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    with pytest.raises(RuntimeError, match=f"workdir {tmp_path} is in use by another run"):
+        safety.WorkdirLock(tmp_path)
+    lock.release()
+    safety.WorkdirLock(tmp_path).release()
+
+
+def test_sigterm_only_sets_a_flag_until_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    signals = safety.StopSignals()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == "SIGTERM"
+    finally:
+        signals.restore()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_config_check_names_the_changed_fields_and_allows_resumable_ones():
+    saved = {"num_steps": 10, "model": {"features": 4, "depth": 2}, "data": {"w0": 10.0}}
+    safety.check_compatible(saved, {**saved, "num_steps": 99, "progress": False}, "ck/10")
+    with pytest.raises(ValueError, match=r"ck/10 was written with a different config "
+                                         r"\(data.w0: 10.0 -> 20.0, model.features: 4 -> 8\)"):
+        safety.check_compatible(saved, {**saved, "model": {"features": 8, "depth": 2}, "data": {"w0": 20.0}},
+                                "ck/10")
+    with pytest.raises(ValueError, match=r"seed: None -> 1"):  # a field only one of them has
+        safety.check_compatible(saved, {**saved, "seed": 1}, "ck/10")
+
+
+def test_non_finite_loss_names_the_first_bad_step_and_the_kept_checkpoint(tmp_path):
+    ckpts = checkpoint.Checkpoints(tmp_path / "ck")
+    ckpts.save(2, {"w": np.zeros(2)}, {"step": 2})
+    safety.check_finite([(1, 0.5), (2, 0.4)], ckpts)
+    with pytest.raises(safety.NonFiniteLoss, match=r"loss is nan at step 3; stopped. The last good "
+                                                   rf"checkpoint \(step 2\) is kept in {tmp_path / 'ck'}"):
+        safety.check_finite([(3, float("nan")), (4, float("inf"))], ckpts)
+    ckpts.close()

@@ -1,0 +1,102 @@
+"""What keeps a run safe to stop, kill and restart: one run per workdir, SIGTERM / SIGINT as a
+clean stop, a resumed run's config checked against its checkpoint, and a stop on a non-finite
+loss that names the step."""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+
+# Config fields that may change between a run and its resumption.
+RESUMABLE_CHANGES = {"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                     "progress", "loader_workers", "loader_threads", "parallel", "coordinator",
+                     "num_processes", "process_id", "stop_after", "eval_tta", "eval_batch_tiles",
+                     "time_budget_s"}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class WorkdirLock:
+    """An exclusive lock on ``workdir/.lock``, released by the OS if the process dies.
+
+    Raises:
+      RuntimeError: when another run holds it.
+    """
+
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / ".lock"
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.f.close()
+            raise RuntimeError(f"workdir {workdir} is in use by another run (lock {self.path}); "
+                               f"wait for it to finish or choose another --workdir") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(str(os.getpid()))
+        self.f.flush()
+
+    def release(self) -> None:
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+class StopSignals:
+    """While installed, SIGTERM and SIGINT only set :attr:`received` (the signal's name); the
+    training loop then saves a checkpoint and returns. :meth:`restore` puts the previous
+    handlers back."""
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+
+    def _handle(self, signum, frame):
+        del frame
+        self.received = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def check_compatible(saved: dict, current: dict, path) -> None:
+    """Raises ValueError naming the first fields in which a resumed run's config differs from
+    the one its checkpoint ``path`` was written with, except :data:`RESUMABLE_CHANGES`."""
+    a, b = _flat(saved), _flat(current)
+    diff = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in RESUMABLE_CHANGES
+                  and a.get(k) != b.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
+        raise ValueError(f"workdir checkpoint {path} was written with a different config ({detail}); "
+                         f"use a new --workdir or the same config")
+
+
+def check_finite(step_losses, checkpoints) -> None:
+    """Raises :class:`NonFiniteLoss` at the first ``(step, loss)`` that is not finite, naming
+    the step and the last good checkpoint of ``checkpoints`` (a
+    :class:`unet_jax.checkpoint.Checkpoints`), which is kept."""
+    for step, loss in step_losses:
+        if not np.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss} at step {step}; stopped. The last good checkpoint "
+                                f"(step {checkpoints.latest_step()}) is kept in {checkpoints.directory}")
