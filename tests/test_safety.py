@@ -1,5 +1,5 @@
 """Run safety on its own: the workdir lock, SIGTERM as a flag, the resumed-config check and the
-non-finite stop (the trainer's use of them is tested end to end in test_train.py)."""
+stop after non-finite steps (the trainer's use of them is tested end to end in test_train.py)."""
 import os
 import signal
 
@@ -40,11 +40,17 @@ def test_config_check_names_the_changed_fields_and_allows_resumable_ones():
         safety.check_compatible(saved, {**saved, "seed": 1}, "ck/10")
 
 
-def test_non_finite_loss_names_the_first_bad_step_and_the_kept_checkpoint(tmp_path):
+def test_a_streak_of_skipped_steps_stops_naming_the_step_and_the_kept_checkpoint(tmp_path):
     ckpts = checkpoint.Checkpoints(tmp_path / "ck")
     ckpts.save(2, {"w": np.zeros(2)}, {"step": 2})
-    safety.check_finite([(1, 0.5), (2, 0.4)], ckpts)
-    with pytest.raises(safety.NonFiniteLoss, match=r"loss is nan at step 3; stopped. The last good "
+    streak = safety.NonFiniteStreak(3)
+    for step, skipped in [(3, True), (4, True), (5, False), (6, True), (7, True)]:
+        streak.update(step, skipped, ckpts)  # never 3 in a row
+    with pytest.raises(safety.NonFiniteLoss, match=r"not finite at step 8 \(3 step\(s\) in a row, "
+                                                   r"max_nonfinite_steps 3\); stopped. The last good "
                                                    rf"checkpoint \(step 2\) is kept in {tmp_path / 'ck'}"):
-        safety.check_finite([(3, float("nan")), (4, float("inf"))], ckpts)
+        streak.update(8, True, ckpts)
+    never = safety.NonFiniteStreak(0)
+    for step in range(10):
+        never.update(step, True, ckpts)
     ckpts.close()

@@ -1,5 +1,6 @@
 """The training engine end to end: outputs, quiet output, exact resume, SIGKILL / SIGTERM, NaN,
 locking, config checks, half-written checkpoints and recompilation."""
+import functools
 import json
 import os
 import random
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -162,15 +164,45 @@ class _NanAt:
         self.it.set_state(s)
 
 
-def test_nan_in_a_batch_stops_the_run_naming_the_step(tfds_dir, tmp_path, monkeypatch):
+def test_a_nan_batch_is_skipped_and_a_streak_of_them_stops_the_run(tfds_dir, tmp_path, monkeypatch):
     real = loader.make_train_loader
     monkeypatch.setattr(loader, "make_train_loader",
                         lambda *a, **k: _NanAt(iter(real(*a, **k)), at=5))
     config = tiny_config(str(tfds_dir))
     config.num_steps = STEPS
-    with pytest.raises(safety.NonFiniteLoss, match=r"at step 5; stopped.*checkpoint \(step 4\)"):
-        train.train_and_evaluate(config, str(tmp_path))
-    assert checkpoint.Checkpoints(tmp_path / "checkpoints").latest_step() == 4
+    summary = train.train_and_evaluate(config, str(tmp_path / "skip"))  # max_nonfinite_steps 5
+    assert summary["step"] == STEPS and np.isfinite(summary["val_dice"])
+    lines = {l["step"]: l for l in read_jsonl(tmp_path / "skip" / "metrics.jsonl") if "train_loss" in l}
+    assert lines[6]["train_nonfinite"] == 0.5 and lines[4]["train_nonfinite"] == lines[8]["train_nonfinite"] == 0
+    assert np.isfinite(lines[6]["train_loss"])  # the mean of the finite step alone
+    config.max_nonfinite_steps = 1
+    with pytest.raises(safety.NonFiniteLoss, match=r"not finite at step 5 .*checkpoint \(step 4\)"):
+        train.train_and_evaluate(config, str(tmp_path / "stop"))
+    assert checkpoint.Checkpoints(tmp_path / "stop" / "checkpoints").latest_step() == 4
+
+
+def test_a_non_finite_step_leaves_the_state_as_it_was():
+    config = tiny_config("")
+    state = train.create_state(config, jax.random.key(0, impl="rbg"))
+    step = jax.jit(functools.partial(train.train_step, cfg=train.step_config(config)))
+    size = train.tile_sizes(config)[0]
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.random((8, size, size, 1), np.float32),
+             "labels": rng.integers(0, 2, (8, size, size)).astype(np.int32),
+             "weights": np.ones((8, size, size), np.float32), "index": np.arange(8, dtype=np.int32)}
+    key = jax.random.key(1, impl="rbg")
+    good, m1 = step(state, batch, key)
+    assert float(m1["nonfinite"][0]) == 0 and float(m1["loss"][1]) > 0
+    assert not np.array_equal(good.params["head"]["kernel"], state.params["head"]["kernel"])
+    for bad_value in (np.nan, np.inf):
+        bad = {**batch, "image": batch["image"].copy()}
+        bad["image"][3, 5, 5, 0] = bad_value
+        after, m2 = step(good, bad, key)
+        chex.assert_trees_all_equal(after.params, good.params)
+        chex.assert_trees_all_equal(after.opt_state, good.opt_state)
+        chex.assert_trees_all_equal(after.batch_stats, good.batch_stats)
+        assert int(after.step) == int(good.step) + 1
+        assert (float(m2["nonfinite"][0]), float(m2["loss"][1]), float(m2["grad_norm"][1])) == (1.0, 0.0, 0.0)
 
 
 def test_second_run_on_a_workdir_in_use_refuses(tfds_dir, tmp_path):
@@ -237,3 +269,58 @@ def test_config_variants_only_override_fields_of_the_default(name, variant):
     assert keys(config) == keys(default.get_config())
     fields = {f.name for f in dataclasses.fields(builders.CellsConfig)}
     assert set(builders.dataset_options(config, config.data.dataset)) <= fields  # options the builders accept
+
+
+def _optim_config(**optim):
+    config = tiny_config("")
+    config.num_steps = 100
+    config.optim.update({"warmup_steps": 10, "learning_rate": 0.1, "grad_clip": 0.0, "weight_decay": 0.0, **optim})
+    return config
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "poly"])
+def test_learning_rate_schedules_equal_their_closed_forms(schedule):
+    config = _optim_config(schedule=schedule)
+    lr, warm, total = 0.1, 10, 100
+    fn = train.learning_rate_schedule(config)
+    for t in [0, 1, 5, 9, 10, 11, 40, 77, 99, 100]:
+        if t < warm:
+            want = lr * t / warm
+        else:
+            frac = (t - warm) / (total - warm)
+            want = {"constant": lr, "cosine": lr * 0.5 * (1 + np.cos(np.pi * frac)),
+                    "poly": lr * (1 - frac) ** 0.9}[schedule]
+        np.testing.assert_allclose(float(fn(t)), want, rtol=1e-5, atol=1e-8, err_msg=f"{schedule} at {t}")
+
+
+def _one_update(config, params, grads, steps=1):
+    tx = train.create_optimizer(config)
+    opt = tx.init(params)
+    for g in grads[:steps]:
+        updates, opt = tx.update(g, opt, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    return params
+
+
+def test_optimizers_equal_their_closed_forms():
+    p0 = {"w": jnp.asarray([1.0, -2.0, 3.0])}
+    g1, g2 = {"w": jnp.asarray([0.5, -1.0, 2.0])}, {"w": jnp.asarray([-0.25, 0.5, 1.0])}
+    cfg = lambda **o: _optim_config(warmup_steps=0, schedule="constant", **o)  # noqa: E731
+    # SGD with momentum 0.99 (the paper's): v1 = g1, v2 = 0.99 v1 + g2; p -= lr v
+    got = _one_update(cfg(name="sgd", momentum=0.99), p0, [g1, g2], steps=2)
+    v2 = 0.99 * np.asarray(g1["w"]) + np.asarray(g2["w"])
+    np.testing.assert_allclose(got["w"], np.asarray(p0["w"]) - 0.1 * np.asarray(g1["w"]) - 0.1 * v2, rtol=1e-6)
+    # clipping by global norm: |g1| = 2.29 > 1 scales the gradient to norm 1
+    got = _one_update(cfg(name="sgd", momentum=0.0, grad_clip=1.0), p0, [g1])
+    g = np.asarray(g1["w"])
+    np.testing.assert_allclose(got["w"], np.asarray(p0["w"]) - 0.1 * g / np.linalg.norm(g), rtol=1e-6)
+    # AdamW: the first Adam step is lr * g / (|g| + eps), the decay lr * wd * p, decoupled
+    got = _one_update(cfg(name="adamw", weight_decay=0.01), p0, [g1])
+    p = np.asarray(p0["w"])
+    np.testing.assert_allclose(got["w"], p - 0.1 * (g / (np.abs(g) + 1e-8) + 0.01 * p), rtol=1e-6)
+    # Adam with weight decay: the decay is added to the gradient first (L2), then Adam
+    got = _one_update(cfg(name="adam", weight_decay=0.01), p0, [g1])
+    gd = g + 0.01 * p
+    np.testing.assert_allclose(got["w"], p - 0.1 * gd / (np.abs(gd) + 1e-8), rtol=1e-6)
+    with pytest.raises(ValueError, match="optim.name must be sgd, adam or adamw"):
+        train.create_optimizer(cfg(name="lion"))

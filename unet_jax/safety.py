@@ -1,6 +1,6 @@
 """What keeps a run safe to stop, kill and restart: one run per workdir, SIGTERM / SIGINT as a
-clean stop, a resumed run's config checked against its checkpoint, and a stop on a non-finite
-loss that names the step."""
+clean stop, a resumed run's config checked against its checkpoint, and a stop after too many
+non-finite steps in a row that names the step."""
 from __future__ import annotations
 
 import fcntl
@@ -8,13 +8,12 @@ import os
 import signal
 from pathlib import Path
 
-import numpy as np
 
 # Config fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                      "progress", "loader_workers", "loader_threads", "parallel", "coordinator",
                      "num_processes", "process_id", "stop_after", "eval_tta", "eval_batch_tiles",
-                     "time_budget_s"}
+                     "time_budget_s", "max_nonfinite_steps"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -92,11 +91,18 @@ def check_compatible(saved: dict, current: dict, path) -> None:
                          f"use a new --workdir or the same config")
 
 
-def check_finite(step_losses, checkpoints) -> None:
-    """Raises :class:`NonFiniteLoss` at the first ``(step, loss)`` that is not finite, naming
-    the step and the last good checkpoint of ``checkpoints`` (a
-    :class:`unet_jax.checkpoint.Checkpoints`), which is kept."""
-    for step, loss in step_losses:
-        if not np.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss} at step {step}; stopped. The last good checkpoint "
+class NonFiniteStreak:
+    """Counts consecutive steps that the train step skipped for a non-finite loss or gradient
+    and stops the run (:class:`NonFiniteLoss`) when ``limit`` of them come in a row."""
+
+    def __init__(self, limit: int):
+        self.limit, self.count = limit, 0
+
+    def update(self, step: int, skipped: bool, checkpoints) -> None:
+        """Counts ``step``; raises naming it and the last good checkpoint of ``checkpoints`` (a
+        :class:`unet_jax.checkpoint.Checkpoints`), which is kept."""
+        self.count = self.count + 1 if skipped else 0
+        if self.limit > 0 and self.count >= self.limit:
+            raise NonFiniteLoss(f"loss or gradients not finite at step {step} ({self.count} step(s) in a "
+                                f"row, max_nonfinite_steps {self.limit}); stopped. The last good checkpoint "
                                 f"(step {checkpoints.latest_step()}) is kept in {checkpoints.directory}")

@@ -133,7 +133,9 @@ def train_step(state: TrainState, batch: dict, rng, cfg: StepConfig = StepConfig
       axis_name: the pmap axis, or None.
 
     Returns:
-      (new state, metrics) with metrics as {name: (sum, count)} pairs.
+      (new state, metrics) with metrics as {name: (sum, count)} pairs. A step whose loss or
+      gradients are not finite changes nothing but ``state.step``; it reports ``nonfinite``
+      (1, 1) and leaves the other metrics out (count 0).
     """
     rng = jax.random.fold_in(rng, state.step)
     aug_rng, dropout_rng = jax.random.split(rng)
@@ -164,22 +166,32 @@ def train_step(state: TrainState, batch: dict, rng, cfg: StepConfig = StepConfig
     sums = {"loss": (total, count),
             "pixel_error": (jnp.sum(pred != labels).astype(jnp.float32), jnp.float32(labels.size)),
             "dice": (2.0 * fg_inter.astype(jnp.float32), fg_sizes.astype(jnp.float32))}
+    stats = new_vars.get("batch_stats")
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         sums = jax.lax.psum(sums, axis_name)
-    new_state = state.apply_gradients(grads=grads)
-    if state.batch_stats is not None:
-        stats = new_vars["batch_stats"]
-        if axis_name is not None:
-            stats = jax.lax.pmean(stats, axis_name)
-        new_state = new_state.replace(batch_stats=stats)
-    sums["grad_norm"] = (optax.tree.norm(grads), jnp.float32(1.0))
+        stats = jax.lax.pmean(stats, axis_name) if stats is not None else None
+    grad_norm = optax.tree.norm(grads)
+    # a non-finite loss or gradient (on any device: both are reduced over devices by now) leaves
+    # parameters, optimiser state and batch statistics as they were, as optax.apply_if_finite does
+    finite = jnp.isfinite(sums["loss"][0]) & jnp.isfinite(grad_norm)
+    updated = state.apply_gradients(grads=grads)
+    if stats is not None:
+        updated = updated.replace(batch_stats=stats)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = updated.replace(params=keep(updated.params, state.params),
+                                opt_state=keep(updated.opt_state, state.opt_state),
+                                batch_stats=keep(updated.batch_stats, state.batch_stats))
+    # the skipped step's own metrics are left out of the means
+    sums = jax.tree.map(lambda v: jnp.where(finite, v, 0.0), sums)
+    sums["grad_norm"] = (jnp.where(finite, grad_norm, 0.0), finite.astype(jnp.float32))
+    sums["nonfinite"] = (1.0 - finite.astype(jnp.float32), jnp.float32(1.0))
     return new_state, sums
 
 
 def reduce_metrics(sums: dict) -> dict:
-    """{name: (sum, count)} -> {name: sum / count}."""
-    return {k: float(s) / max(float(c), 1e-12) for k, (s, c) in sums.items()}
+    """{name: (sum, count)} -> {name: sum / count} (NaN for a count of 0)."""
+    return {k: float(s) / float(c) if float(c) > 0 else float("nan") for k, (s, c) in sums.items()}
 
 
 # ------------------------------------------------------------------ the run
@@ -223,7 +235,8 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
     dstate = runner.put_state(state)
     batches = parallel.DevicePrefetch(data_iter, runner.put_device_batch, size=2)
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=True)
-    log = _TrainLog(writer, runner, learning_rate_schedule(config), config.batch_size, ckpts)
+    log = _TrainLog(writer, runner, learning_rate_schedule(config), config.batch_size, ckpts,
+                    safety.NonFiniteStreak(config.max_nonfinite_steps))
 
     def validate(host_state, **kwargs):
         variables = inference.model_variables(host_state)
@@ -247,7 +260,7 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
             save_now = step % config.checkpoint_every == 0 or stop
             if not (step % config.log_every == 0 or step == config.num_steps or save_now):
                 continue
-            bar.set_postfix(log.flush(step))  # raises NonFiniteLoss naming the step
+            bar.set_postfix(log.flush(step))  # raises NonFiniteLoss after too many skipped steps
             val = None
             if config.eval_every and step % config.eval_every == 0 and step != config.num_steps:
                 val, _ = validate(runner.get_state(dstate), max_images=config.eval_max_images)
@@ -315,8 +328,10 @@ class _TrainLog:
     waits for the host; writes train and validation lines and keeps their history for the
     curves."""
 
-    def __init__(self, writer: MetricWriter, runner, schedule, batch_size: int, ckpts):
+    def __init__(self, writer: MetricWriter, runner, schedule, batch_size: int, ckpts,
+                 nonfinite: safety.NonFiniteStreak):
         self.writer, self.runner, self.schedule, self.ckpts = writer, runner, schedule, ckpts
+        self.nonfinite = nonfinite
         self.batch_size = batch_size
         self.pending = []  # (step, device metrics) not yet looked at
         self.history = []
@@ -329,7 +344,8 @@ class _TrainLog:
         """Writes the train metrics of the steps since the last flush; returns the progress
         bar's postfix."""
         host = [(s, self.runner.metrics(m)) for s, m in self.pending]
-        safety.check_finite([(s, float(m["loss"][0])) for s, m in host], self.ckpts)
+        for s, m in host:
+            self.nonfinite.update(s, float(m["nonfinite"][0]) > 0, self.ckpts)
         values = reduce_metrics(jax.tree.map(lambda *xs: sum(xs), *[m for _, m in host]))
         now = time.perf_counter()
         values["images_per_s"] = len(host) * self.batch_size / (now - self.since)
