@@ -36,3 +36,24 @@ def test_a_half_written_step_is_not_listed(tmp_path):
     junk.mkdir()
     (junk / "state").write_text("half written")
     assert checkpoint.Checkpoints(tmp_path / "ck").latest_step() == 1
+
+
+@pytest.mark.parametrize("mode,values,best", [("max", [0.5, 0.9, 0.6, 0.7, 0.65], 2),
+                                              ("min", [0.5, 0.1, 0.6, 0.7, 0.65], 2)])
+def test_the_best_step_survives_the_latest_k_policy(tmp_path, mode, values, best):
+    ck = checkpoint.Checkpoints(tmp_path / "ck", keep=2, best_metric="val_dice", best_mode=mode)
+    ck.save(0, _state(0), {"step": 0})  # never validated: ranks below every validated step
+    for step, v in enumerate(values, start=1):
+        ck.save(step, _state(step), {"step": step}, metrics={"val_dice": v})
+    assert ck.all_steps() == [best, 4, 5] and ck.best_step() == best
+    assert ck.metrics(best) == {"val_dice": values[best - 1]}
+    ck.close()
+    reopened = checkpoint.Checkpoints(tmp_path / "ck", keep=2, best_metric="val_dice", best_mode=mode)
+    assert reopened.best_step() == best  # read back from disk
+
+
+def test_without_any_validation_the_best_is_the_latest(tmp_path):
+    ck = checkpoint.Checkpoints(tmp_path / "ck", keep=2, best_metric="val_dice")
+    for step in (1, 2, 3):
+        ck.save(step, _state(step), {"step": step})
+    assert ck.all_steps() == [2, 3] and ck.best_step() == 3

@@ -70,6 +70,24 @@ def test_load_trained_reads_the_checkpoint_the_trainer_wrote(trained):
     np.testing.assert_allclose(inference.predict_probs(run.config, run.predict, image), want, atol=1e-6)
 
 
+def test_load_trained_takes_the_best_validated_step(trained, tmp_path):
+    """Val Dice peaks at step 3 of 5: step 3 survives the latest-2 policy and is the one loaded."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained, workdir)
+    config = evaluation.load_trained(workdir).config
+    ck = checkpoint.Checkpoints(workdir / "checkpoints", keep=2, best_metric="val_dice")
+    states = {}
+    for step, dice in ((3, 1.0), (4, 0.1), (5, 0.2)):
+        state = train.create_state(config, jax.random.key(step, impl="rbg"))  # other parameters
+        states[step] = state
+        ck.save(step, state, {"step": step, "config": config.to_dict()}, metrics={"val_dice": dice})
+    assert ck.all_steps() == [3, 4, 5]
+    ck.close()
+    run = evaluation.load_trained(workdir)
+    assert run.step == 3
+    chex.assert_trees_all_equal(run.variables, inference.model_variables(states[3]))
+
+
 def test_bad_checkpoints_are_refused_naming_them(trained, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained, other)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import tiny_config
-from unet_jax import checkpoint, safety, train
+from unet_jax import checkpoint, evaluation, safety, train
 from unet_jax.data import builders, loader
 from unet_jax.writers import read_jsonl
 
@@ -94,8 +94,11 @@ def test_end_to_end_run_writes_everything(reference):
     assert json.loads((reference / "config.json").read_text())["num_steps"] == STEPS
     summary = json.loads((reference / "summary.json").read_text())
     assert summary["step"] == STEPS and summary["stopped_by"] is None
-    steps = checkpoint.Checkpoints(reference / "checkpoints").all_steps()
-    assert STEPS in steps and len(steps) <= 3  # keep 2 latest (+ best)
+    ck = checkpoint.Checkpoints(reference / "checkpoints", best_metric="val_dice")
+    assert ck.all_steps() == [STEPS - 2, STEPS]  # the latest 2; the best is the last here
+    # the final step is saved after its validation, with the metric the best policy ranks by
+    assert ck.metrics(STEPS) == {"val_dice": summary["val_dice"]} and ck.best_step() == STEPS
+    ck.close()
 
 
 def test_resume_ends_with_the_uninterrupted_parameters(reference, tfds_dir, tmp_path):
@@ -205,6 +208,26 @@ def test_a_non_finite_step_leaves_the_state_as_it_was():
         assert (float(m2["nonfinite"][0]), float(m2["loss"][1]), float(m2["grad_norm"][1])) == (1.0, 0.0, 0.0)
 
 
+def test_validation_at_every_eval_step_and_a_failing_final_evaluation_keeps_the_steps(tfds_dir, tmp_path,
+                                                                                    monkeypatch):
+    config = tiny_config(str(tfds_dir))
+    config.num_steps, config.eval_every, config.checkpoint_every = STEPS, 3, 4  # 3: no log boundary
+    real = evaluation.evaluate
+
+    def final_fails(*args, **kwargs):
+        if kwargs.get("max_images") is None:  # the final validation
+            raise RuntimeError("evaluation broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", final_fails)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert [l["step"] for l in read_jsonl(tmp_path / "metrics.jsonl") if "val_dice" in l] == [3, 6]
+    ck = checkpoint.Checkpoints(tmp_path / "checkpoints", best_metric="val_dice")
+    assert ck.all_steps() == [4, STEPS] and ck.metrics(STEPS) == {}  # saved before the error
+    ck.close()
+
+
 def test_second_run_on_a_workdir_in_use_refuses(tfds_dir, tmp_path):
     lock = safety.WorkdirLock(tmp_path)
     try:
@@ -214,7 +237,7 @@ def test_second_run_on_a_workdir_in_use_refuses(tfds_dir, tmp_path):
         lock.release()
 
 
-def test_incompatible_config_is_refused_and_half_written_checkpoints_ignored(reference, tfds_dir, tmp_path):
+def test_incompatible_config_or_schedule_is_refused_and_half_written_checkpoints_ignored(reference, tfds_dir, tmp_path):
     workdir = tmp_path / "copy"
     shutil.copytree(reference, workdir)
     config = tiny_config(str(tfds_dir))
@@ -227,9 +250,15 @@ def test_incompatible_config_is_refused_and_half_written_checkpoints_ignored(ref
     junk.mkdir()
     (junk / "state").write_text("half written")
     config.model.features = 4
-    config.num_steps = STEPS + 2
+    config.num_steps = STEPS + 2  # under the cosine schedule the learning rate would jump
+    with pytest.raises(ValueError, match=rf"trained towards num_steps={STEPS}; resuming with "
+                                         rf"num_steps={STEPS + 2} would make the cosine"):
+        train.train_and_evaluate(config, str(workdir))
+    # resume from the step before the last (its folder removed) past the half-written one
+    shutil.rmtree(workdir / "checkpoints" / str(STEPS))
+    config.num_steps = STEPS
     summary = train.train_and_evaluate(config, str(workdir))
-    assert summary["resumed_from"] == STEPS and summary["step"] == STEPS + 2
+    assert summary["resumed_from"] == STEPS - 2 and summary["step"] == STEPS
 
 
 def test_no_recompilation_per_step():

@@ -6,6 +6,7 @@ checkpoint half-written by a crash is never listed (``cleanup_tmp_directories`` 
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ class Checkpoints:
       directory: where the step folders go (created).
       keep: how many of the most recent checkpoints to keep.
       best_metric: a key of the metrics passed to :meth:`save`; the checkpoint with its best
-        value is kept as well.
+        value is kept as well, and is :meth:`best_step`. A checkpoint saved without it ranks
+        below every one saved with it.
       best_mode: ``max`` or ``min``.
     """
 
@@ -33,15 +35,19 @@ class Checkpoints:
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         policies = [pp.LatestN(n=keep)]
+        best_fn = None
         if best_metric:
-            policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min",
-                                     n=1, keep_checkpoints_without_metrics=False))
+            unranked = -math.inf if best_mode == "max" else math.inf
+            best_fn = lambda m: m.get(best_metric, unranked)  # noqa: E731
+            policies.append(pp.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
+                                     keep_checkpoints_without_metrics=False))
         self.best_metric = best_metric
         self.directory = Path(os.path.abspath(directory))
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False,
+                best_fn=best_fn, best_mode=best_mode,  # orbax records metrics only with a best_fn
                 preservation_policy=pp.AnyPreservationPolicy(policies)),
             item_names=("state", "meta"))
 
@@ -52,12 +58,20 @@ class Checkpoints:
         return list(self.manager.all_steps())
 
     def best_step(self) -> int | None:
+        """The step with the best ``best_metric`` (among equals the latest); None without one."""
         return self.manager.best_step() if self.best_metric else None
 
+    def metrics(self, step: int) -> dict | None:
+        """The metrics saved with ``step``."""
+        return self.manager.metrics(step)
+
     def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
-        """Saves ``state`` (a PyTree of arrays) and ``meta`` (JSON-able) at ``step``."""
+        """Saves ``state`` (a PyTree of arrays) and ``meta`` (JSON-able) at ``step``, with
+        ``metrics`` for the best-checkpoint policy; a step already saved is left as it is."""
         if self.manager.latest_step() == step:
             return
+        if self.best_metric:
+            metrics = metrics or {}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)),
                           metrics=metrics, force=True)

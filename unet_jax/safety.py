@@ -91,6 +91,16 @@ def check_compatible(saved: dict, current: dict, path) -> None:
                          f"use a new --workdir or the same config")
 
 
+def check_schedule_kept(saved: dict, current: dict, path) -> None:
+    """Raises ValueError when a resumed run changes ``num_steps`` under a learning-rate schedule
+    that depends on it (cosine, poly): the rate would jump at the resumed step."""
+    schedule = current["optim"]["schedule"]
+    if saved["num_steps"] != current["num_steps"] and schedule != "constant":
+        raise ValueError(f"workdir checkpoint {path} was trained towards num_steps={saved['num_steps']}; "
+                         f"resuming with num_steps={current['num_steps']} would make the {schedule} "
+                         f"learning rate jump. Use the same num_steps, or a new --workdir")
+
+
 class NonFiniteStreak:
     """Counts consecutive steps that the train step skipped for a non-finite loss or gradient
     and stops the run (:class:`NonFiniteLoss`) when ``limit`` of them come in a row."""

@@ -256,13 +256,15 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
             dstate, sums = runner(dstate, next(batches), base_rng, placed=True)
             log.add(step, sums)
             bar.update(1)
+            last = step == config.num_steps  # validated and saved after the loop
             stop = signals.received or ("stop_after" if step == config.stop_after else None)
-            save_now = step % config.checkpoint_every == 0 or stop
-            if not (step % config.log_every == 0 or step == config.num_steps or save_now):
+            save_now = (step % config.checkpoint_every == 0 and not last) or stop
+            eval_now = bool(config.eval_every) and step % config.eval_every == 0 and not last
+            if not (step % config.log_every == 0 or last or save_now or eval_now):
                 continue
             bar.set_postfix(log.flush(step))  # raises NonFiniteLoss after too many skipped steps
             val = None
-            if config.eval_every and step % config.eval_every == 0 and step != config.num_steps:
+            if eval_now:
                 val, _ = validate(runner.get_state(dstate), max_images=config.eval_max_images)
                 log.validation(step, val, is_main, echo=bar.write)
                 last_val = val
@@ -283,7 +285,11 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
         if is_main:
             print(f"stopped by {stop} at step {step}; checkpoint saved in {workdir / 'checkpoints'}")
         return summary
-    val, samples = validate(final, tta=config.eval_tta)
+    try:
+        val, samples = validate(final, tta=config.eval_tta)
+    except BaseException:
+        save(step, final)  # a failing evaluation loses no training
+        raise
     save(step, final, val)
     ckpts.close()
     summary.update({f"val_{k}": v for k, v in val.items()})
@@ -316,7 +322,9 @@ def _resume(ckpts, state, data_iter, base_rng, config_dict):
     latest = ckpts.latest_step()
     if latest is None:
         return state, base_rng, 0
-    safety.check_compatible(ckpts.read_meta(latest)["config"], config_dict, ckpts.directory / str(latest))
+    saved = ckpts.read_meta(latest)["config"]
+    safety.check_compatible(saved, config_dict, ckpts.directory / str(latest))
+    safety.check_schedule_kept(saved, config_dict, ckpts.directory / str(latest))
     state, meta = ckpts.restore(latest, state)
     data_iter.set_state(meta["loader"])
     return (state, jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32), impl="rbg"),
