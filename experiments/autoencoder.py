@@ -15,10 +15,10 @@ from ml_collections import config_flags
 from unet_jax import mnist_train, runtime
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and figures.", required=True)
 config_flags.DEFINE_config_file("config", "experiments/configs/autoencoder.py",
                                 "Config file (path[:variant]); override fields with --config.x=y.",
                                 lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and figures.", required=True)
 
 
 def main(argv):

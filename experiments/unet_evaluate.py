@@ -10,6 +10,9 @@ from pathlib import Path
 
 from absl import app, flags
 
+from unet_jax import evaluation, runtime
+from unet_jax.data import builders
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A trained run.", required=True)
 flags.DEFINE_string("dataset", None, "synthetic_cells | isbi2012 | nuclei_dsb | image_folder.", required=True)
@@ -26,22 +29,17 @@ flags.DEFINE_string("output", "", "JSON file (default: WORKDIR/eval_DATASET.json
 
 def main(argv):
     del argv
-    from unet_jax import evaluation, runtime
-    from unet_jax.data import builders
-
     runtime.setup(FLAGS.verbosity)
     try:
         run = evaluation.load_trained(FLAGS.workdir)
-        config = run.config
-        options = builders.dataset_options(config, FLAGS.dataset)
         splits = (FLAGS.split,) + ((FLAGS.calibrate_split,) if FLAGS.calibrate_split else ())
-        sources = builders.load(FLAGS.dataset, FLAGS.tfds_dir or builders.tfds_dir(config), FLAGS.data_dir,
-                                splits=splits, **options)
+        sources = builders.load(FLAGS.dataset, FLAGS.tfds_dir or builders.tfds_dir(run.config), FLAGS.data_dir,
+                                splits=splits, **builders.dataset_options(run.config, FLAGS.dataset))
         threshold = None
         if FLAGS.calibrate_split:
-            threshold = evaluation.calibrate_threshold(config, run.predict, sources[FLAGS.calibrate_split],
+            threshold = evaluation.calibrate_threshold(run.config, run.predict, sources[FLAGS.calibrate_split],
                                                        FLAGS.tta)
-        results, _ = evaluation.evaluate(config, run.predict, sources[FLAGS.split], tta=FLAGS.tta,
+        results, _ = evaluation.evaluate(run.config, run.predict, sources[FLAGS.split], tta=FLAGS.tta,
                                          warping=FLAGS.warping, threshold=threshold)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
