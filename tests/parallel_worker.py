@@ -44,6 +44,8 @@ def main():
         traces.append(1)
         return train.train_step(*args, cfg=train.step_config(config), **kwargs)
 
+    init = {"init" + jax.tree_util.keystr(k): np.asarray(v)  # before the state is donated
+            for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
     runner = parallel.Runner(step, a.mode)
     if runner.mode == "pmap":
         state = state.replace(apply_fn=unet.from_config(config.model, parallel.AXIS).apply)
@@ -70,6 +72,7 @@ def main():
         flat.update({"bs" + jax.tree_util.keystr(k): np.asarray(v)
                      for k, v in jax.tree_util.tree_leaves_with_path(final.batch_stats)})
     flat["loss"] = np.asarray(runner.metrics(metrics)["loss"][0]) / np.asarray(runner.metrics(metrics)["loss"][1])
+    flat.update(init)
     flat["traces"] = np.asarray(len(traces))  # 1 in every mode: no recompilation after step 1
     if jax.process_index() == 0:
         np.savez(a.out, **flat)

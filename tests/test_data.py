@@ -260,3 +260,37 @@ def test_augmentation_is_keyed_by_example_index():
     assert not np.allclose(whole["image"], batch["image"])
     # geometric transforms keep labels valid and weights positive
     assert set(np.unique(whole["labels"])) <= {0, 1} and float(whole["weights"].min()) >= 0
+
+
+def test_every_example_gets_its_own_geometry_and_its_labels_follow_its_image():
+    """Flips / rotations only (exact permutations): each example's labels stay a function of its
+    own image; identical examples at different batch positions get different transforms."""
+    n = 16
+    yy, xx = np.mgrid[0:n, 0:n]
+    image = ((yy * n + xx) / n ** 2).astype(np.float32)  # every pixel a distinct value
+    labels = (yy * n + xx).astype(np.int32)  # = image * n^2: labels follow positions exactly
+    batch = {"image": np.repeat(image[None, ..., None], 8, 0), "labels": np.repeat(labels[None], 8, 0),
+             "weights": np.repeat(image[None], 8, 0), "index": np.arange(8, dtype=np.int32)}
+    cfg = augment.AugmentConfig(elastic_sigma=0.0, brightness=0.0, contrast=0.0, gamma=0.0)
+    out = jax.jit(augment.augment_batch, static_argnums=2)(jax.random.key(0), batch, cfg)
+    img, lab, w = (np.asarray(out[k]) for k in ("image", "labels", "weights"))
+    np.testing.assert_array_equal(lab, np.rint(img[..., 0] * n ** 2).astype(np.int32))  # same transform
+    np.testing.assert_array_equal(w, img[..., 0])
+    distinct = {lab[i].tobytes() for i in range(8)}
+    assert len(distinct) >= 3  # one transform shared by the batch would give 1 (8 of 8 dihedral)
+
+
+def test_foreground_tiles_are_oversampled():
+    labels = np.zeros((256, 256), np.uint8)
+    labels[200:210, 30:40] = 1  # 0.15 % of the image
+    ex = {"image": np.zeros((256, 256, 1), np.float32), "labels": labels,
+          "weights": np.ones((256, 256), np.float32)}
+    rng = np.random.default_rng(0)
+
+    def hit_rate(p):
+        cfg = loader.TileConfig(out_size=32, foreground_prob=p)
+        return np.mean([loader.random_tile(ex, rng, cfg)["labels"].any() for _ in range(200)])
+
+    assert hit_rate(1.0) == 1.0  # every tile centred on a foreground pixel
+    uniform = hit_rate(0.0)
+    assert uniform < 0.1 and 0.3 < hit_rate(0.33) < 0.5  # the uniform chance is ~ 41^2 / 225^2

@@ -49,6 +49,23 @@ def test_valid_overlap_tile_equals_one_whole_image_pass(valid_model):
         np.testing.assert_allclose(outs[tile], whole, atol=1e-5)
 
 
+def test_valid_tiles_stay_on_the_pooling_grid_at_depth_3():
+    """Depth 3: tile outputs of 12 and 20 pixels are not multiples of the 8-pixel pooling cell;
+    tiles placed off that grid would see other pooling windows than one whole-image pass."""
+    model = unet._UNetTiny(depth=3, features=2, padding="valid", num_classes=2)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 92, 92, 1)))
+    predict = jax.jit(lambda x: jax.nn.softmax(model.apply(params, x), -1))
+    img = np.random.default_rng(4).random((44, 44, 1)).astype(np.float32)
+    c = unet.context(3, "valid")
+    whole_in = mirror_pad(img, c, "reflect")
+    assert unet.output_size(whole_in.shape[0], 3, "valid") == 44
+    whole = np.asarray(predict(whole_in[None]))[0]
+    for tile in (unet.input_size_for_output(12, 3, "valid"), unet.input_size_for_output(20, 3, "valid")):
+        out = unet.output_size(tile, 3, "valid")
+        assert out % 8, out  # a tile whose output is off the grid
+        np.testing.assert_allclose(inference.predict_valid(predict, img, 3, tile, 2), whole, atol=1e-5)
+
+
 def test_same_mode_blending_is_exact_for_a_pointwise_model():
     """A per-pixel model gives identical values in overlapping tiles, so any correctly
     normalised blend must return exactly the per-pixel result."""
@@ -102,6 +119,7 @@ def test_predict_cli_writes_masks_probabilities_and_overlays(trained, tmp_path):
     prob = tifffile.imread(tmp_path / "out" / "a_prob.tif")
     assert prob.shape == (2, 70, 80)
     np.testing.assert_allclose(prob.sum(0), 1, atol=1e-5)
+    np.testing.assert_array_equal(mask, prob.argmax(0).astype(np.uint8) * 255)  # the mask of those
     assert (tmp_path / "out" / "a_overlay.png").exists()
     for bad, match in [("notes.png", "not a readable image"), ("tiny.png", "smaller than one")]:
         proc = _predict_cli("--workdir", str(trained), "--input", str(tmp_path / bad), "--output",

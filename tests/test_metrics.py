@@ -74,6 +74,17 @@ def test_rand_error_equals_skimage(seed):
     assert {round(p, 12), round(r, 12)} == {round(sk_p, 12), round(sk_r, 12)}
 
 
+def test_rand_precision_and_recall_are_not_swapped():
+    """A true segment of 4 pixels predicted as 2 + 2 (a split): every pair predicted together is
+    together in the truth (precision 1), a third of the true pairs are found (recall 1/3)."""
+    truth = np.array([[1, 1, 1, 1]])
+    pred = np.array([[1, 1, 2, 2]])
+    err, precision, recall = metrics.adapted_rand_error(truth, pred)
+    assert (err, precision, recall) == pytest.approx((0.5, 1.0, 1 / 3))
+    sk_err, sk_p, sk_r = sk_adapted_rand(truth, pred)  # skimage names them the other way round
+    assert (err, precision, recall) == pytest.approx((sk_err, sk_r, sk_p))
+
+
 @pytest.mark.parametrize("background", ["singletons", "segment"])
 def test_rand_error_over_thresholds_matches_skimage_on_components(background):
     rng = np.random.default_rng(1)

@@ -353,3 +353,28 @@ def test_optimizers_equal_their_closed_forms():
     np.testing.assert_allclose(got["w"], p - 0.1 * gd / (np.abs(gd) + 1e-8), rtol=1e-6)
     with pytest.raises(ValueError, match="optim.name must be sgd, adam or adamw"):
         train.create_optimizer(cfg(name="lion"))
+
+
+def test_the_valid_mode_step_scores_the_centre_of_the_labels():
+    """Valid padding: the step's loss is eq. 1 of the logits against the labels and weights
+    cropped by the context on every side, computed here in numpy."""
+    config = tiny_config("")
+    config.model.padding, config.model.norm = "valid", "none"
+    config.augment.enabled = False
+    size_in, size_out = train.tile_sizes(config)
+    c = (size_in - size_out) // 2
+    assert c > 0
+    state = train.create_state(config, jax.random.key(0, impl="rbg"))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.random((2, size_in, size_in, 1), np.float32),
+             "labels": rng.integers(0, 2, (2, size_in, size_in)).astype(np.int32),
+             "weights": rng.uniform(0.5, 3, (2, size_in, size_in)).astype(np.float32),
+             "index": np.arange(2, dtype=np.int32)}
+    logits = np.asarray(state.apply_fn({"params": state.params}, batch["image"]), np.float64)
+    _, sums = jax.jit(functools.partial(train.train_step, cfg=train.step_config(config)))(
+        state, batch, jax.random.key(1, impl="rbg"))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    labels, weights = batch["labels"][:, c:-c, c:-c], batch["weights"][:, c:-c, c:-c]
+    nll = -np.take_along_axis(logp, labels[..., None], -1)[..., 0] * weights
+    np.testing.assert_allclose(float(sums["loss"][0]), nll.sum(), rtol=1e-5)
+    assert float(sums["loss"][1]) == nll.size == 2 * size_out ** 2
