@@ -25,13 +25,14 @@ flags.DEFINE_string("calibrate_split", "", "Choose the foreground threshold with
                     "error on this split (e.g. the training slices) and also report the evaluated "
                     "split's pixel error at it (pixel_error_calibrated).")
 flags.DEFINE_string("output", "", "JSON file (default: WORKDIR/eval_DATASET.json).")
+flags.DEFINE_bool("fallback", False, "If the checkpoint cannot be read, use the next older one.")
 
 
 def main(argv):
     del argv
     runtime.setup(FLAGS.verbosity)
     try:
-        run = evaluation.load_trained(FLAGS.workdir)
+        run = evaluation.load_trained(FLAGS.workdir, fallback=FLAGS.fallback)
         splits = (FLAGS.split,) + ((FLAGS.calibrate_split,) if FLAGS.calibrate_split else ())
         sources = builders.load(FLAGS.dataset, FLAGS.tfds_dir or builders.tfds_dir(run.config), FLAGS.data_dir,
                                 splits=splits, **builders.dataset_options(run.config, FLAGS.dataset))

@@ -19,6 +19,7 @@ flags.DEFINE_string("input", None, "An image, a folder of images, or a TIFF stac
 flags.DEFINE_string("output", None, "Output folder.", required=True)
 flags.DEFINE_bool("tta", False, "Average over the 8 flips / 90 degree rotations.")
 flags.DEFINE_integer("tile_size", 0, "Input tile size (0: the run's evaluation tile).")
+flags.DEFINE_bool("fallback", False, "If the checkpoint cannot be read, use the next older one.")
 
 
 def main(argv):
@@ -31,7 +32,7 @@ def main(argv):
 
     runtime.setup(FLAGS.verbosity)
     try:
-        run = evaluation.load_trained(FLAGS.workdir)
+        run = evaluation.load_trained(FLAGS.workdir, fallback=FLAGS.fallback)
         config = run.config
         src = Path(FLAGS.input)
         files = sorted(p for p in src.iterdir() if p.suffix.lower() in readers.IMAGE_SUFFIXES) \

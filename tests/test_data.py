@@ -163,16 +163,24 @@ def test_loader_deterministic_with_a_new_order_every_epoch():
     assert other != first[:12]
 
 
-def test_two_processes_get_disjoint_covering_shards():
-    src = _id_source(10)
-    tile = loader.TileConfig(out_size=8)
-    seen = []
-    for p in range(2):
-        it = iter(loader.make_train_loader(src, tile, 5, seed=0, process_index=p, process_count=2))
-        b = next(it)
-        assert list(b["index"]) == list(range(5 * p, 5 * p + 5))
-        seen.append(set(int(v) for v in b["image"][:, 0, 0, 0]))
-    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(10))
+@pytest.mark.parametrize("processes", [2, 3])
+def test_processes_share_out_the_global_batches_of_one_process(processes):
+    """Any number of processes sees the same global batches as one process (tiles included):
+    a run requeued on another number of nodes continues the same run."""
+    src = _id_source(10, size=16)
+    tile = loader.TileConfig(out_size=8, foreground_prob=0.0)
+    one = iter(loader.make_train_loader(src, tile, 2 * processes, seed=0))
+    shares = [iter(loader.make_train_loader(src, tile, 2, seed=0, process_index=p, process_count=processes))
+              for p in range(processes)]
+    for _ in range(7):  # past an epoch of 10 examples
+        whole = next(one)
+        parts = [next(it) for it in shares]
+        for p, part in enumerate(parts):
+            assert list(part["index"]) == [2 * p, 2 * p + 1]
+        for k in ("image", "labels", "weights", "index"):
+            np.testing.assert_array_equal(np.concatenate([part[k] for part in parts]), whole[k])
+    with pytest.raises(ValueError, match="process_index 2 not in"):
+        loader.make_train_loader(src, tile, 2, seed=0, process_index=2, process_count=2)
 
 
 def test_restored_iterator_state_continues_with_the_next_batches():

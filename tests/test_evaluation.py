@@ -88,6 +88,26 @@ def test_load_trained_takes_the_best_validated_step(trained, tmp_path):
     chex.assert_trees_all_equal(run.variables, inference.model_variables(states[3]))
 
 
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_a_damaged_checkpoint_is_named_and_fallback_takes_the_next_older(trained, tmp_path, damage):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained, workdir)
+    config = evaluation.load_trained(workdir).config
+    ck = checkpoint.Checkpoints(workdir / "checkpoints", keep=2, best_metric="val_dice")
+    ck.save(3, train.create_state(config, jax.random.key(3, impl="rbg")), {"step": 3, "config": config.to_dict()},
+            metrics={"val_dice": 1.0})
+    ck.close()
+    for f in (workdir / "checkpoints" / "3" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size:
+            data = f.read_bytes()
+            f.write_bytes(data[: len(data) // 2] if damage == "truncate" else bytes(b ^ 0x5A for b in data))
+    with pytest.raises(ValueError, match=rf"checkpoint {workdir / 'checkpoints' / '3'} cannot be read .*--fallback"):
+        evaluation.load_trained(workdir)
+    run = evaluation.load_trained(workdir, fallback=True)
+    assert run.step == 2
+    chex.assert_trees_all_equal(run.variables, evaluation.load_trained(workdir, step=2).variables)
+
+
 def test_bad_checkpoints_are_refused_naming_them(trained, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained, other)

@@ -2,12 +2,20 @@
 
 Each configuration runs in its own process (tests/parallel_worker.py) with the device count
 set before JAX starts; the multi-process runs use jax.distributed on 127.0.0.1 with gloo."""
+import json
+import os
+import random
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import chex
 import numpy as np
 import portpicker
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +98,140 @@ def test_device_prefetch_reports_the_state_of_the_last_batch_taken():
     assert it.get_state() == {"i": 1}  # a checkpoint now resumes at batch 2, not 4
     rest = [int(b["x"][0]) for b in it]
     assert rest == [2, 3, 4, 5] and it.get_state() == {"i": 5}
+
+
+# ------------------------------------------------------------------ whole runs across processes
+RUN_STEPS = 6
+
+
+def _env(devices: int, **extra) -> dict:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_PLATFORMS": "cpu", **extra}
+    env.pop("SLURM_NTASKS", None)
+    return env
+
+
+def _segment_args(workdir, tfds_dir, *extra):
+    return ["--workdir", str(workdir), "--config", "tests/tiny_config.py", f"--config.data.tfds_dir={tfds_dir}",
+            f"--config.num_steps={RUN_STEPS}", *extra]
+
+
+def _finish_all(procs, timeout=600):
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        outs.append(out)
+        assert p.returncode == 0, out[-3000:]
+    return outs
+
+
+def _final_params(workdir, step=RUN_STEPS):
+    import jax
+
+    from tests.helpers import tiny_config
+    from unet_jax import checkpoint, train
+
+    ck = checkpoint.Checkpoints(Path(workdir) / "checkpoints")
+    state, _ = ck.restore(step, train.create_state(tiny_config(""), jax.random.key(0, impl="rbg")))
+    ck.close()
+    return state
+
+
+def _assert_one_set_of_outputs(workdir):
+    from unet_jax.writers import read_jsonl
+
+    lines = read_jsonl(workdir / "metrics.jsonl")
+    assert [l["step"] for l in lines if "train_loss" in l] == [2, 4, 6]  # written once, by process 0
+    assert len([l for l in lines if l.get("final")]) == 1
+    assert len(list((workdir / "tensorboard").iterdir())) == 1
+    for name in ("summary.json", "config.json", "curves.png", "val_predictions.png"):
+        assert (workdir / name).is_file(), name
+    assert json.loads((workdir / "summary.json").read_text())["process_count"] == 2
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "6"]  # one tree
+
+
+@pytest.fixture(scope="module")
+def one_process_two_devices(tmp_path_factory):
+    """The reference: the same run in one process with 2 simulated devices (pmap)."""
+    workdir, tfds_dir = tmp_path_factory.mktemp("ref2"), tmp_path_factory.mktemp("tfds")
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.unet_segment",
+                             *_segment_args(workdir, tfds_dir, "--config.parallel=pmap")],
+                            cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _finish_all([proc])
+    return workdir, tfds_dir
+
+
+def test_a_whole_run_in_two_processes_equals_one_process_with_two_devices(one_process_two_devices, tmp_path):
+    """Mesh mode, set up by flags: one set of outputs, the parameters of the 2-device run."""
+    ref, tfds_dir = one_process_two_devices
+    port = portpicker.pick_unused_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "experiments.unet_segment",
+                               *_segment_args(tmp_path, tfds_dir, "--config.parallel=mesh",
+                                              f"--config.coordinator=127.0.0.1:{port}",
+                                              "--config.num_processes=2", f"--config.process_id={i}")],
+                              cwd=ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    _finish_all(procs)
+    _assert_one_set_of_outputs(tmp_path)
+    a, b = _final_params(tmp_path), _final_params(ref)
+    chex.assert_trees_all_close(a.params, b.params, atol=1e-5, rtol=0)
+    chex.assert_trees_all_close(a.batch_stats, b.batch_stats, atol=1e-5, rtol=0)
+
+
+def _free_port(lo: int, hi: int) -> int:
+    rng = random.Random(os.getpid())
+    for _ in range(200):
+        port = rng.randint(lo, hi)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {lo}..{hi}")
+
+
+def _slurm_job(workdir, tfds_dir, bindir, step_delay: float = 0.0):
+    """The sbatch template run by bash, its srun line through tests/srun_standin.py: 2 tasks
+    (with ``step_delay``, each pausing after every step: tests/slow_segment.py)."""
+    port = _free_port(61440, 65535)  # JAX derives the coordinator port from SLURM_JOB_ID
+    env = _env(1, PATH=f"{bindir}:{os.environ['PATH']}", SLURM_NTASKS="2", SLURM_JOB_ID=str(port - 61440),
+               SLURM_STEP_NODELIST="localhost", SLURM_SUBMIT_DIR=str(ROOT), SLURM_JOB_NAME="test",
+               SRUN_STANDIN_STEP_DELAY=str(step_delay))
+    args = _segment_args(workdir, tfds_dir, "--config.batch_size=8", "--config.model.dtype=float32",
+                         "--config.data.data_dir=", "--config.checkpoint_every=2")
+    return subprocess.Popen(["bash", "experiments/slurm/unet_multinode.sbatch", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_the_sbatch_template_runs_two_pmap_processes_and_a_requeue_resumes(one_process_two_devices, tmp_path):
+    """SLURM's variables alone set up jax.distributed; SIGTERM to the job (as a preemption sends
+    it) stops both processes at one step with a checkpoint, and the requeued job resumes and
+    ends with the parameters of the uninterrupted 2-device run."""
+    ref, tfds_dir = one_process_two_devices
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "srun").write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'srun_standin.py'} \"$@\"\n")
+    (bindir / "srun").chmod(0o755)
+    workdir = tmp_path / "run"
+    job = _slurm_job(workdir, tfds_dir, bindir, step_delay=0.5)
+    ckdir = workdir / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckdir.exists() and any(p.name.isdigit() for p in ckdir.iterdir())):
+        assert job.poll() is None and time.time() < deadline, job.communicate()[0][-3000:]
+        time.sleep(0.2)
+    # SLURM's --signal=TERM goes to the job step, whose srun passes it to every task
+    srun = [c for c in psutil.Process(job.pid).children(recursive=True) if "srun_standin.py" in " ".join(c.cmdline())]
+    srun[0].send_signal(signal.SIGTERM)
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == 0 and "stopped by SIGTERM" in out, out[-3000:]
+    assert not (workdir / "summary.json").exists()
+    job = _slurm_job(workdir, tfds_dir, bindir)  # the requeue: the same command
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == 0, out[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert 0 < summary["resumed_from"] < RUN_STEPS
+    assert summary["parallel"] == "pmap" and summary["process_count"] == 2
+    _assert_one_set_of_outputs(workdir)
+    a, b = _final_params(workdir), _final_params(ref)
+    chex.assert_trees_all_close(a.params, b.params, atol=1e-5, rtol=0)

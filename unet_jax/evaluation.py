@@ -33,12 +33,17 @@ class Trained:
     predict: Callable
 
 
-def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
+def load_trained(workdir: str | Path, step: int | None = None, fallback: bool = False) -> Trained:
     """A run's config.json and the model variables of its checkpoint ``step`` (default: the
-    best by validation Dice, else the latest).
+    best by validation Dice, which is the latest when no step was validated).
+
+    With ``fallback``, a checkpoint that cannot be read (truncated or corrupted files) gives way
+    to the next older step.
 
     Raises:
-      ValueError: no run in ``workdir``, or a checkpoint that does not fit the config's model.
+      ValueError: no run in ``workdir``; an unreadable checkpoint (naming its folder) without
+        ``fallback``, or no readable one with it; a checkpoint that does not fit the config's
+        model.
     """
     workdir = Path(workdir)
     cfg_path = workdir / "config.json"
@@ -46,11 +51,27 @@ def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
         raise ValueError(f"workdir {workdir} holds no trained run (no config.json)")
     config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
     ck = checkpoint.Checkpoints(workdir / "checkpoints", best_metric="val_dice")
-    step = step if step is not None else (ck.best_step() or ck.latest_step())
-    if step is None:
-        raise ValueError(f"workdir {workdir} holds no checkpoint")
-    where = workdir / "checkpoints" / str(step)
-    meta = ck.read_meta(step)
+    try:
+        step = step if step is not None else ck.best_step()
+        if step is None:
+            raise ValueError(f"workdir {workdir} holds no checkpoint")
+        older = sorted((s for s in ck.all_steps() if s < step), reverse=True)
+        for candidate in [step] + (older if fallback else []):
+            where = ck.directory / str(candidate)
+            try:
+                meta, saved = ck.read_meta(candidate), ck.restore_raw(candidate)
+            except Exception as e:  # noqa: BLE001 - any read failure: a damaged checkpoint
+                problem = f"checkpoint {where} cannot be read ({type(e).__name__})"
+                if not fallback:
+                    raise ValueError(f"{problem}; pass --fallback to use the next older step") from None
+                continue
+            return _trained(config, cfg_path, candidate, where, meta, saved)
+        raise ValueError(f"no readable checkpoint at or before step {step} in {ck.directory}")
+    finally:
+        ck.close()
+
+
+def _trained(config, cfg_path, step, where, meta, saved) -> Trained:
     if meta["config"]["model"] != config.model.to_dict():
         raise ValueError(f"checkpoint {where} was trained with model {meta['config']['model']}, "
                          f"config.json says {config.model.to_dict()}")
@@ -58,10 +79,8 @@ def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
     size = inference.eval_tile_size(config)
     expected = jax.eval_shape(model.init, jax.random.key(0, impl="rbg"),
                               jnp.zeros((1, size, size, config.model.in_channels)))
-    saved = ck.restore_raw(step)
-    ck.close()
     variables = {k: saved.get(k) for k in expected}
-    shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)
+    shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)  # noqa: E731
     try:
         fits = shapes(variables) == shapes(expected)
     except (TypeError, ValueError, AttributeError):  # a missing item or another tree structure

@@ -21,8 +21,11 @@ MODES = ("auto", "jit", "pmap", "mesh")
 
 
 def initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1,
-                           local_device_ids=None) -> bool:
+                           local_device_ids=None, heartbeat_timeout_s: int = 100) -> bool:
     """Starts multi-host JAX when asked (flags) or when SLURM launched several tasks.
+
+    ``heartbeat_timeout_s``: how long the coordination service waits for a process that stopped
+    answering before it ends the others.
 
     Returns:
       True when ``jax.distributed.initialize`` was called.
@@ -32,14 +35,23 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0, proces
         return False
     # CPU collectives across processes go through gloo (GPU collectives use NCCL regardless).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = {}
+    kwargs = {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
     if coordinator:
-        kwargs = {"coordinator_address": coordinator, "num_processes": num_processes,
-                  "process_id": process_id}
+        kwargs.update(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     if local_device_ids is not None:
         kwargs["local_device_ids"] = local_device_ids
     jax.distributed.initialize(**kwargs)  # with no arguments: SLURM's environment
     return True
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is set in any process (a collective: every process must call it at the
+    same point); with one process, ``flag`` itself."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
 
 
 def resolve_mode(mode: str) -> str:

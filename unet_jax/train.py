@@ -201,7 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Writes (process 0): metrics.jsonl, TensorBoard events, checkpoints/, config.json,
     PNG overlays and curves, summary.json. Returns the summary.
     """
-    parallel.initialize_distributed(config.coordinator, config.num_processes, config.process_id)
+    parallel.initialize_distributed(config.coordinator, config.num_processes, config.process_id,
+                                    heartbeat_timeout_s=config.get("heartbeat_timeout_s", 100))
     is_main = jax.process_index() == 0
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -257,7 +258,7 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
             log.add(step, sums)
             bar.update(1)
             last = step == config.num_steps  # validated and saved after the loop
-            stop = signals.received or ("stop_after" if step == config.stop_after else None)
+            stop = _stop_reason(signals, step, config)
             save_now = (step % config.checkpoint_every == 0 and not last) or stop
             eval_now = bool(config.eval_every) and step % config.eval_every == 0 and not last
             if not (step % config.log_every == 0 or last or save_now or eval_now):
@@ -303,6 +304,18 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
         write_json(workdir / "summary.json", summary)
         print(json.dumps({"summary": summary}))
     return summary
+
+
+def _stop_reason(signals, step: int, config) -> str | None:
+    """Why the run stops after ``step``, or None. Several processes must stop at the same step:
+    there a signal counts once every process has checked for one, at the log steps."""
+    if step == config.stop_after:
+        return "stop_after"
+    if jax.process_count() == 1:
+        return signals.received
+    if step % config.log_every == 0 and parallel.any_process(signals.received is not None):
+        return signals.received or "SIGTERM (another process)"
+    return None
 
 
 def _train_batches(config, source):

@@ -1,5 +1,5 @@
 """The training loader, on grain: deterministic shuffling by seed with a new order every epoch,
-sharding by process for multi-host runs, random tiles with foreground oversampling and
+each global batch shared out between the processes of a multi-host run, random tiles with foreground oversampling and
 mirrored context (the overlap-tile strategy), background prefetch, and an iterator state
 (a small JSON dict) that a checkpoint saves so a resumed run continues with exactly the
 next batch.
@@ -61,17 +61,16 @@ def random_tile(example: dict, rng: np.random.Generator, cfg: TileConfig) -> dic
             "weights": np.ascontiguousarray(weights, np.float32)}
 
 
-def shard_indices(n: int, process_index: int, process_count: int) -> np.ndarray:
-    """The examples of one process: a disjoint, covering, strided share of range(n)."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    return np.arange(n)[process_index::process_count]
-
-
 def make_train_loader(source, tile: TileConfig, batch_size: int, seed: int, process_index: int = 0,
                       process_count: int = 1, num_threads: int = 2, prefetch: int = 4,
                       workers: int = 0):
-    """An endless grain ``IterDataset`` of batches for this process.
+    """An endless grain ``IterDataset`` of this process's share of each global batch.
+
+    Every process walks the same shuffled stream of tiles (each tile's randomness keyed by its
+    place in that stream); global batch ``g`` is tiles ``g * B ... g * B + B - 1`` of it (``B =
+    batch_size * process_count``), and process ``p`` takes its ``p``-th block of ``batch_size``.
+    So the global batches, and the run, do not depend on how many processes share them: a job
+    requeued on another number of nodes continues the same run.
 
     Each batch: image [b, S, S, C], labels [b, S, S], weights [b, S, S] (S = tile.in_size) and
     index [b], the examples' positions in the global batch (process_index * b + i), which the
@@ -86,16 +85,14 @@ def make_train_loader(source, tile: TileConfig, batch_size: int, seed: int, proc
       num_threads, prefetch: grain read threads and prefetch buffer.
       workers: > 0 moves loading into that many worker processes.
     """
-    n = len(source)
-    if n == 0:
+    if len(source) == 0:
         raise ValueError("the training split is empty")
-    if len(shard_indices(n, process_index, process_count)) == 0:
-        raise ValueError(f"the training split has {n} examples, fewer than the {process_count} processes")
-    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     offset = process_index * batch_size
-    ds = (ds.shuffle(seed=seed).repeat()
+    ds = (grain.MapDataset.source(source).shuffle(seed=seed).repeat()
           .random_map(lambda ex, rng: random_tile(ex, rng, tile), seed=seed + 1)
-          .batch(batch_size, drop_remainder=True)
+          .batch(batch_size, drop_remainder=True)[process_index::process_count]
           .map(lambda b: {**b, "index": np.arange(offset, offset + batch_size, dtype=np.int32)}))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
     if workers > 0:
