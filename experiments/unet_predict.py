@@ -27,7 +27,7 @@ def main(argv):
     import tifffile
     from PIL import Image
 
-    from unet_jax import evaluation, inference, plots, runtime, unet
+    from unet_jax import evaluation, inference, plots, runtime
     from unet_jax.data import builders, readers
 
     runtime.setup(FLAGS.verbosity)
@@ -53,10 +53,6 @@ def main(argv):
                 if image.ndim == 3 and config.model.in_channels == 1 and image.shape[-1] in (3, 4):
                     raise ValueError(f"{f}: image has {image.shape[-1]} channels, the model expects 1")
                 image = builders.to_channels(image, config.model.in_channels, f)
-                need = unet.output_size(tile_in, config.model.depth, config.model.padding)
-                if min(image.shape[:2]) < need:
-                    raise ValueError(f"{f}: image is {image.shape[0]}x{image.shape[1]}, smaller than one "
-                                     f"{need}x{need} tile; pass a smaller --tile_size")
                 p = inference.predict_probs(config, run.predict, image, FLAGS.tta, tile_in)
                 mask = p.argmax(-1).astype(np.uint8)
                 masks.append(mask * 255 if k == 2 else mask)

@@ -121,7 +121,12 @@ def test_predict_cli_writes_masks_probabilities_and_overlays(trained, tmp_path):
     np.testing.assert_allclose(prob.sum(0), 1, atol=1e-5)
     np.testing.assert_array_equal(mask, prob.argmax(0).astype(np.uint8) * 255)  # the mask of those
     assert (tmp_path / "out" / "a_overlay.png").exists()
-    for bad, match in [("notes.png", "not a readable image"), ("tiny.png", "smaller than one")]:
+    # an image smaller than one tile is mirror-padded, not refused
+    proc = _predict_cli("--workdir", str(trained), "--input", str(tmp_path / "tiny.png"), "--output",
+                        str(tmp_path / "out_tiny"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.asarray(Image.open(tmp_path / "out_tiny" / "tiny_mask.png")).shape == (10, 10)
+    for bad, match in [("notes.png", "not a readable image")]:
         proc = _predict_cli("--workdir", str(trained), "--input", str(tmp_path / bad), "--output",
                             str(tmp_path / "out2"))
         assert proc.returncode == 1 and match in proc.stderr and str(tmp_path / bad) in proc.stderr

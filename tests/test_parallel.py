@@ -105,15 +105,14 @@ RUN_STEPS = 6
 
 
 def _env(devices: int, **extra) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu", **extra}
-    env.pop("SLURM_NTASKS", None)
-    return env
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+            **extra}
 
 
-def _segment_args(workdir, tfds_dir, *extra):
-    return ["--workdir", str(workdir), "--config", "tests/tiny_config.py", f"--config.data.tfds_dir={tfds_dir}",
-            f"--config.num_steps={RUN_STEPS}", *extra]
+def _segment_args(workdir, tfds_dir, *extra, config=True):
+    return ["--workdir", str(workdir), *(["--config", "tests/tiny_config.py"] if config else []),
+            f"--config.data.tfds_dir={tfds_dir}", f"--config.num_steps={RUN_STEPS}", *extra]
 
 
 def _finish_all(procs, timeout=600):
@@ -137,13 +136,14 @@ def _final_params(workdir, step=RUN_STEPS):
     return state
 
 
-def _assert_one_set_of_outputs(workdir):
+def _assert_one_set_of_outputs(workdir, sessions=1):
+    """What process 0 alone writes (TensorBoard starts one events file per session)."""
     from unet_jax.writers import read_jsonl
 
     lines = read_jsonl(workdir / "metrics.jsonl")
     assert [l["step"] for l in lines if "train_loss" in l] == [2, 4, 6]  # written once, by process 0
     assert len([l for l in lines if l.get("final")]) == 1
-    assert len(list((workdir / "tensorboard").iterdir())) == 1
+    assert len(list((workdir / "tensorboard").iterdir())) == sessions
     for name in ("summary.json", "config.json", "curves.png", "val_predictions.png"):
         assert (workdir / name).is_file(), name
     assert json.loads((workdir / "summary.json").read_text())["process_count"] == 2
@@ -197,9 +197,9 @@ def _slurm_job(workdir, tfds_dir, bindir, step_delay: float = 0.0):
     port = _free_port(61440, 65535)  # JAX derives the coordinator port from SLURM_JOB_ID
     env = _env(1, PATH=f"{bindir}:{os.environ['PATH']}", SLURM_NTASKS="2", SLURM_JOB_ID=str(port - 61440),
                SLURM_STEP_NODELIST="localhost", SLURM_SUBMIT_DIR=str(ROOT), SLURM_JOB_NAME="test",
-               SRUN_STANDIN_STEP_DELAY=str(step_delay))
+               SRUN_STANDIN_STEP_DELAY=str(step_delay), UNET_JAX_CONFIG="tests/tiny_config.py")
     args = _segment_args(workdir, tfds_dir, "--config.batch_size=8", "--config.model.dtype=float32",
-                         "--config.data.data_dir=", "--config.checkpoint_every=2")
+                         "--config.data.data_dir=", "--config.checkpoint_every=2", config=False)
     return subprocess.Popen(["bash", "experiments/slurm/unet_multinode.sbatch", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -232,6 +232,6 @@ def test_the_sbatch_template_runs_two_pmap_processes_and_a_requeue_resumes(one_p
     summary = json.loads((workdir / "summary.json").read_text())
     assert 0 < summary["resumed_from"] < RUN_STEPS
     assert summary["parallel"] == "pmap" and summary["process_count"] == 2
-    _assert_one_set_of_outputs(workdir)
+    _assert_one_set_of_outputs(workdir, sessions=2)
     a, b = _final_params(workdir), _final_params(ref)
     chex.assert_trees_all_close(a.params, b.params, atol=1e-5, rtol=0)
