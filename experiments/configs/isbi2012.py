@@ -8,8 +8,8 @@ large tile per step. Slices 00-19 train, 20-24 held out.
 On 2 CPU cores use the CPU variant, a 16-feature U-Net with batch norm, no dropout, border
 weight w0 = 20 and Adam, trained for at most 57 minutes:
 --config experiments/configs/isbi2012.py:cpu. benchmarks/isbi2012_quality.py trains it and
-evaluates slices 20-24 with TTA (Rand error 0.078, pixel error 0.075 on a 2-core AMD EPYC; how
-the variant was chosen: docs/performance.md).
+evaluates slices 20-24 with TTA (Rand error 0.078-0.087, pixel error 0.075 on a 2-core AMD EPYC;
+how the variant was chosen: docs/performance.md).
 """
 from experiments.configs import default
 
