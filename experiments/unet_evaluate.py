@@ -15,6 +15,7 @@ from unet_jax.data import builders
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A trained run.", required=True)
+flags.DEFINE_bool("fallback", False, "If the checkpoint cannot be read, use the next older one.")
 flags.DEFINE_string("dataset", None, "synthetic_cells | isbi2012 | nuclei_dsb | image_folder.", required=True)
 flags.DEFINE_string("data_dir", "", "The dataset's local source folder.")
 flags.DEFINE_string("split", "test", "TFDS split (slicing allowed).")
@@ -25,7 +26,6 @@ flags.DEFINE_string("calibrate_split", "", "Choose the foreground threshold with
                     "error on this split (e.g. the training slices) and also report the evaluated "
                     "split's pixel error at it (pixel_error_calibrated).")
 flags.DEFINE_string("output", "", "JSON file (default: WORKDIR/eval_DATASET.json).")
-flags.DEFINE_bool("fallback", False, "If the checkpoint cannot be read, use the next older one.")
 
 
 def main(argv):

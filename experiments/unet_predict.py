@@ -15,11 +15,11 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A trained run (config.json + checkpoints/).", required=True)
+flags.DEFINE_bool("fallback", False, "If the checkpoint cannot be read, use the next older one.")
 flags.DEFINE_string("input", None, "An image, a folder of images, or a TIFF stack.", required=True)
 flags.DEFINE_string("output", None, "Output folder.", required=True)
 flags.DEFINE_bool("tta", False, "Average over the 8 flips / 90 degree rotations.")
 flags.DEFINE_integer("tile_size", 0, "Input tile size (0: the run's evaluation tile).")
-flags.DEFINE_bool("fallback", False, "If the checkpoint cannot be read, use the next older one.")
 
 
 def main(argv):
