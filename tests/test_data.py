@@ -302,3 +302,8 @@ def test_foreground_tiles_are_oversampled():
     assert hit_rate(1.0) == 1.0  # every tile centred on a foreground pixel
     uniform = hit_rate(0.0)
     assert uniform < 0.1 and 0.3 < hit_rate(0.33) < 0.5  # the uniform chance is ~ 41^2 / 225^2
+
+
+def test_an_unknown_dataset_names_the_built_in_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"^dataset 'my_cells' is neither one of the built-in \('synthetic_cells'"):
+        builders.load("my_cells", tmp_path)

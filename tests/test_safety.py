@@ -54,3 +54,15 @@ def test_a_streak_of_skipped_steps_stops_naming_the_step_and_the_kept_checkpoint
     for step in range(10):
         never.update(step, True, ckpts)
     ckpts.close()
+
+
+@pytest.mark.parametrize("field,value,least", [("num_steps", -5, 1), ("batch_size", 0, 1), ("log_every", 0, 1),
+                                               ("eval_every", -1, 0), ("keep_checkpoints", 0, 1)])
+def test_counts_out_of_range_are_named(field, value, least):
+    from tests.helpers import tiny_config
+
+    config = tiny_config("")
+    safety.check_counts(config)
+    config[field] = value
+    with pytest.raises(ValueError, match=rf"^--config.{field} must be >= {least}, got {value}$"):
+        safety.check_counts(config)

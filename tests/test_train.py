@@ -378,3 +378,11 @@ def test_the_valid_mode_step_scores_the_centre_of_the_labels():
     nll = -np.take_along_axis(logp, labels[..., None], -1)[..., 0] * weights
     np.testing.assert_allclose(float(sums["loss"][0]), nll.sum(), rtol=1e-5)
     assert float(sums["loss"][1]) == nll.size == 2 * size_out ** 2
+
+
+def test_bad_counts_and_datasets_end_the_cli_with_one_line(tfds_dir, tmp_path):
+    for flag, message in (("--config.num_steps=-5", "error: --config.num_steps must be >= 1, got -5"),
+                          ("--config.data.dataset=my_cells", "error: dataset 'my_cells' is neither one of the "
+                                                             "built-in")):
+        rc, out = _finish(_cli(tmp_path / flag.split("=")[0][9:], tfds_dir, flag))
+        assert rc == 1 and out.strip().startswith(message) and len(out.strip().splitlines()) == 1, out[-2000:]

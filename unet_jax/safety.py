@@ -79,6 +79,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def check_counts(config) -> None:
+    """Raises ValueError naming the first count of a run's config that is out of its range
+    (``num_steps``, ``batch_size``, ``log_every``, ``checkpoint_every``, ``keep_checkpoints`` >= 1;
+    ``eval_every``, ``max_nonfinite_steps`` >= 0)."""
+    for name, least in (("num_steps", 1), ("batch_size", 1), ("log_every", 1), ("checkpoint_every", 1),
+                        ("keep_checkpoints", 1), ("eval_every", 0), ("max_nonfinite_steps", 0)):
+        value = config.get(name, least)
+        if value < least:
+            raise ValueError(f"--config.{name} must be >= {least}, got {value}")
+
+
 def check_compatible(saved: dict, current: dict, path) -> None:
     """Raises ValueError naming the first fields in which a resumed run's config differs from
     the one its checkpoint ``path`` was written with, except :data:`RESUMABLE_CHANGES`."""

@@ -217,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) -> dict:
+    safety.check_counts(config)
     parallel.check_batch(config.batch_size)
     train_src, eval_src = builders.load_train_eval(config)
     data_iter = _train_batches(config, train_src)

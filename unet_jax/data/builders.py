@@ -275,8 +275,12 @@ def load(name: str, data_dir: str | os.PathLike, source_dir: str = "", splits=No
     (needs the internet to download and, for most datasets, TensorFlow to prepare)."""
     if name in _CLASSES:
         return prepare(name, data_dir, source_dir, splits, **options)
-    names = splits or tfds.builder(name, data_dir=str(data_dir)).info.splits
-    return {split: tfds.data_source(name, split=split, data_dir=str(data_dir)) for split in names}
+    try:
+        names = splits or tfds.builder(name, data_dir=str(data_dir)).info.splits
+        return {split: tfds.data_source(name, split=split, data_dir=str(data_dir)) for split in names}
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"dataset {name!r} is neither one of the built-in {BUILDERS} nor a registered "
+                         f"TFDS dataset") from None
 
 
 def dataset_options(config, dataset: str) -> dict:
