@@ -21,8 +21,9 @@ def test_round_trip_is_exact_and_only_the_latest_are_kept(tmp_path):
     state, meta = ck.restore(3, _state(0))
     chex.assert_trees_all_equal(state, _state(3))
     assert meta == {"step": 3, "loader": {"pos": 30}} and ck.read_meta(2)["step"] == 2
-    raw = ck.restore_raw(3)  # without a target: the same arrays
+    raw, raw_meta = ck.restore_raw(3)  # without a target: the same arrays
     chex.assert_trees_all_equal(raw["params"], _state(3)["params"])
+    assert raw_meta == meta
     ck.close()
     with pytest.raises(ValueError, match="keep must be >= 1"):
         checkpoint.Checkpoints(tmp_path / "other", keep=0)

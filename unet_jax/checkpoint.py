@@ -84,11 +84,12 @@ class Checkpoints:
                                                                 meta=ocp.args.JsonRestore()))
         return out["state"], out["meta"]
 
-    def restore_raw(self, step: int) -> dict:
-        """The saved state of ``step`` as a tree of dicts and arrays, without a target (for
-        inference: no optimiser needs to be built to read the parameters)."""
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-        return out["state"]
+    def restore_raw(self, step: int) -> tuple[dict, dict]:
+        """``(state, meta)`` of ``step`` in one read, the state as a tree of dicts and arrays
+        without a target (for inference: no optimiser needs to be built to read the parameters)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                meta=ocp.args.JsonRestore()))
+        return out["state"], out["meta"]
 
     def read_meta(self, step: int) -> dict:
         """Only the JSON side item of ``step``."""

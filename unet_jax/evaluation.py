@@ -59,7 +59,7 @@ def load_trained(workdir: str | Path, step: int | None = None, fallback: bool = 
         for candidate in [step] + (older if fallback else []):
             where = ck.directory / str(candidate)
             try:
-                meta, saved = ck.read_meta(candidate), ck.restore_raw(candidate)
+                saved, meta = ck.restore_raw(candidate)
             except Exception as e:  # noqa: BLE001 - any read failure: a damaged checkpoint
                 problem = f"checkpoint {where} cannot be read ({type(e).__name__})"
                 if not fallback:

@@ -68,12 +68,13 @@ def _add(a, b):
 def evaluate(loss_fn: Callable, params, images, rng, labels=None, batch_size: int = 500) -> dict:
     """Per-example means of ``loss_fn``'s metrics over ``images`` (and ``labels``), batch ``i``
     keyed by ``fold_in(rng, i)``; exact with a smaller last batch."""
-    fn = jax.jit(lambda p, b, r: loss_fn(p, b, r)[1])
+    fn = jax.jit(loss_fn)  # jit's cache is keyed by loss_fn: compiled once over repeated evaluations
     sums = None
     for i, idx in enumerate(batch_indices(len(images), batch_size, drop_remainder=False)):
         batch = {"image": images[idx], **({"label": labels[idx]} if labels is not None else {})}
         n = jnp.float32(len(idx))
-        sums = _add(sums, {k: (v * n, n) for k, v in fn(params, batch, jax.random.fold_in(rng, i)).items()})
+        _, batch_means = fn(params, batch, jax.random.fold_in(rng, i))
+        sums = _add(sums, {k: (v * n, n) for k, v in batch_means.items()})
     return means(sums)
 
 
