@@ -11,10 +11,11 @@ libraries' INFO logs.
 """
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import runtime, safety, train
+from unet_jax import parallel, runtime, safety, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).", required=True)
@@ -29,6 +30,8 @@ def main(argv):
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (safety.NonFiniteLoss, RuntimeError, ValueError) as e:
+        if jax.process_count() > 1:  # the others may be gone: skip JAX's shutdown barrier
+            parallel.exit_with_error(str(e))
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

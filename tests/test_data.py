@@ -307,3 +307,21 @@ def test_foreground_tiles_are_oversampled():
 def test_an_unknown_dataset_names_the_built_in_ones(tmp_path):
     with pytest.raises(ValueError, match=r"^dataset 'my_cells' is neither one of the built-in \('synthetic_cells'"):
         builders.load("my_cells", tmp_path)
+
+
+def test_processes_preparing_one_dataset_at_once_take_turns(tmp_path):
+    """Two processes on a fresh data_dir (a multi-process run's first start): one prepares, the
+    other waits for it and reads the same examples, instead of both writing one folder."""
+    code = textwrap.dedent(f"""
+        import sys, numpy as np
+        from unet_jax.data import builders
+        src = builders.load("synthetic_cells", {str(tmp_path)!r}, size=64, num_train=3, num_test=2)["train"]
+        np.save(sys.argv[1], np.stack([src[i]["image"] for i in range(3)]))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"{i}.npy")], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out[-2000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
+    assert not [p for p in (tmp_path / "synthetic_cells").rglob("incomplete*")]

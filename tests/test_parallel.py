@@ -178,6 +178,46 @@ def test_a_whole_run_in_two_processes_equals_one_process_with_two_devices(one_pr
     chex.assert_trees_all_close(a.batch_stats, b.batch_stats, atol=1e-5, rtol=0)
 
 
+def _two_processes(workdir, tfds_dir, *extra, step_delay: float = 0.0):
+    port = portpicker.pick_unused_port()
+    main = ["tests.slow_segment", str(step_delay)] if step_delay else ["experiments.unet_segment"]
+    return [subprocess.Popen([sys.executable, "-m", *main,
+                              *_segment_args(workdir, tfds_dir, *extra, f"--config.coordinator=127.0.0.1:{port}",
+                                             "--config.num_processes=2", f"--config.process_id={i}")],
+                             cwd=ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+
+
+def test_pmap_processes_survive_a_kill_9_and_resume_to_the_same_parameters(one_process_two_devices, tmp_path):
+    """pmap across 2 processes, set up by flags. SIGKILL one in the middle: the survivor exits 1
+    with one line in bounded time; both restarted resume from the last checkpoint and end with
+    the parameters of the uninterrupted 2-device run."""
+    ref, tfds_dir = one_process_two_devices
+    args = ("--config.parallel=pmap", "--config.checkpoint_every=2", "--config.heartbeat_timeout_s=10")
+    procs = _two_processes(tmp_path, tfds_dir, *args, step_delay=0.5)
+    ckdir, deadline = tmp_path / "checkpoints", time.time() + 300
+    while not (ckdir.exists() and any(p.name.isdigit() for p in ckdir.iterdir())):
+        assert procs[0].poll() is None and time.time() < deadline, procs[0].communicate()[1][-3000:]
+        time.sleep(0.2)
+    procs[1].kill()
+    killed_at = time.time()
+    _, err = procs[0].communicate(timeout=120)
+    assert procs[0].returncode == 1 and time.time() - killed_at < 30, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "process 0 of 2" in errors[0] and "Traceback" not in err, err[-3000:]
+    procs[1].communicate()
+    assert not (tmp_path / "summary.json").exists()
+    for p in _two_processes(tmp_path, tfds_dir, *args):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0 < summary["resumed_from"] < RUN_STEPS and summary["parallel"] == "pmap"
+    _assert_one_set_of_outputs(tmp_path, sessions=2)
+    a, b = _final_params(tmp_path), _final_params(ref)
+    chex.assert_trees_all_close(a.params, b.params, atol=1e-5, rtol=0)
+    chex.assert_trees_all_close(a.opt_state, b.opt_state, atol=1e-5, rtol=0)
+
+
 def _free_port(lo: int, hi: int) -> int:
     rng = random.Random(os.getpid())
     for _ in range(200):
@@ -235,3 +275,40 @@ def test_the_sbatch_template_runs_two_pmap_processes_and_a_requeue_resumes(one_p
     _assert_one_set_of_outputs(workdir, sessions=2)
     a, b = _final_params(workdir), _final_params(ref)
     chex.assert_trees_all_close(a.params, b.params, atol=1e-5, rtol=0)
+
+
+_WATCHED = """
+import os, signal, sys, time
+from unet_jax import parallel
+parallel.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]), heartbeat_timeout_s=2)
+watch = parallel.PeerWatch(2)
+if sys.argv[3] == "hang" and sys.argv[2] == "1":
+    os.kill(os.getpid(), signal.SIGSTOP)  # alive to the OS, silent to the others
+if sys.argv[3] == "finish" and sys.argv[2] == "1":
+    watch.finish()  # then silent while process 0 works on for 6 s
+    sys.exit(0)
+time.sleep(6)
+watch.finish()
+print("finished")
+"""
+
+
+@pytest.mark.parametrize("case", ["hang", "finish"])
+def test_a_silent_process_ends_the_others_with_one_line_but_a_finished_one_does_not(case):
+    """PeerWatch: a process that stops answering (SIGSTOP) ends process 0 with one line within
+    the timeout; a process that marked itself finished is never reported lost."""
+    port = portpicker.pick_unused_port()
+    procs = [subprocess.Popen([sys.executable, "-c", _WATCHED, f"127.0.0.1:{port}", str(i), case], cwd=ROOT,
+                              env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    start = time.time()
+    out, err = procs[0].communicate(timeout=60)
+    elapsed = time.time() - start
+    procs[1].kill()
+    procs[1].communicate()
+    if case == "hang":
+        assert procs[0].returncode == 1 and elapsed < 30, (elapsed, err[-2000:])
+        assert err.strip().splitlines()[-1].startswith("error: process 0 of 2: process 1 showed no sign of life for 2 s")
+        assert "Traceback" not in err and "finished" not in out
+    else:
+        assert "finished" in out and "error:" not in err, err[-2000:]

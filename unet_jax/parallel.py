@@ -10,6 +10,9 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -24,8 +27,8 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0, proces
                            local_device_ids=None, heartbeat_timeout_s: int = 100) -> bool:
     """Starts multi-host JAX when asked (flags) or when SLURM launched several tasks.
 
-    ``heartbeat_timeout_s``: how long the coordination service waits for a process that stopped
-    answering before it ends the others.
+    ``heartbeat_timeout_s``: the :class:`PeerWatch` timeout. JAX's own heartbeat check, which
+    aborts a process with a core dump, gets twice that plus 30 s, so it only serves as a backstop.
 
     Returns:
       True when ``jax.distributed.initialize`` was called.
@@ -35,13 +38,79 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0, proces
         return False
     # CPU collectives across processes go through gloo (GPU collectives use NCCL regardless).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
+    kwargs = {"heartbeat_timeout_seconds": 2 * int(heartbeat_timeout_s) + 30}
     if coordinator:
         kwargs.update(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     if local_device_ids is not None:
         kwargs["local_device_ids"] = local_device_ids
     jax.distributed.initialize(**kwargs)  # with no arguments: SLURM's environment
     return True
+
+
+class PeerWatch:
+    """Ends this process (status 1, one line on stderr) when another process of a multi-process
+    run shows no sign of life for ``timeout_s`` seconds, or the coordinator (process 0) is gone.
+
+    A daemon thread bumps this process's counter in the coordination service's key-value store
+    every ``timeout_s / 10`` s and reads everyone's. It runs beside the main thread, so a survivor
+    stuck in a collective or a barrier exits in bounded time instead of hanging until JAX's
+    heartbeat check aborts it. :meth:`finish` marks this process done; a done process is never
+    reported lost. (When process 0 itself dies, JAX's client in the others aborts them at once,
+    before this thread can speak; jax 0.10 offers no hook for that.)
+    """
+
+    PREFIX = "unet_jax/peer_watch/"
+
+    def __init__(self, timeout_s: float):
+        from jax._src import distributed
+
+        self.client = distributed.global_state.client
+        self.me, self.n = jax.process_index(), jax.process_count()
+        self.timeout_s = float(timeout_s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="PeerWatch", daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.client.key_value_set(f"{self.PREFIX}done/{self.me}", "1", allow_overwrite=True)
+        except Exception:  # noqa: BLE001 - the coordinator already went away: nothing to tell
+            pass
+
+    def _run(self) -> None:
+        seen, since = {}, dict.fromkeys(range(self.n), time.monotonic())
+        while not self._stop.wait(self.timeout_s / 10):
+            now = time.monotonic()
+            try:
+                self.client.key_value_increment(f"{self.PREFIX}alive/{self.me}", 1)
+                alive = dict(self.client.key_value_dir_get(f"{self.PREFIX}alive/"))
+                done = dict(self.client.key_value_dir_get(f"{self.PREFIX}done/"))
+            except Exception as e:  # noqa: BLE001 - any failure here means the coordinator is gone
+                if self._stop.is_set():
+                    return
+                exit_with_error(f"process {self.me} of {self.n}: lost the coordinator (process 0): "
+                                f"{str(e).splitlines()[0]}")
+            for p in range(self.n):
+                key = f"{self.PREFIX}alive/{p}"
+                if p == self.me or f"{self.PREFIX}done/{p}" in done:
+                    continue
+                if alive.get(key) != seen.get(p):
+                    seen[p], since[p] = alive.get(key), now
+                elif now - since[p] > self.timeout_s:
+                    exit_with_error(f"process {self.me} of {self.n}: process {p} showed no sign of life "
+                                    f"for {self.timeout_s:g} s (killed, or its host lost); restart every "
+                                    f"process on the same --workdir to resume from the last checkpoint")
+
+
+def exit_with_error(message: str) -> None:
+    """Exits at once, status 1, with ``error: message`` on stderr. It skips JAX's shutdown
+    barrier, which in a multi-process run would wait for a lost process."""
+    sys.stdout.flush()
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def any_process(flag: bool) -> bool:

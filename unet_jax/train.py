@@ -195,6 +195,9 @@ def reduce_metrics(sums: dict) -> dict:
 
 
 # ------------------------------------------------------------------ the run
+_LOST_PEER_WORDS = ("Gloo", "NCCL", "peer", "heartbeat", "oordination")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains a U-Net and evaluates it; resumes from ``workdir`` when it holds a checkpoint.
 
@@ -203,17 +206,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     parallel.initialize_distributed(config.coordinator, config.num_processes, config.process_id,
                                     heartbeat_timeout_s=config.get("heartbeat_timeout_s", 100))
-    is_main = jax.process_index() == 0
+    is_main, processes = jax.process_index() == 0, jax.process_count()
+    watch = parallel.PeerWatch(config.get("heartbeat_timeout_s", 100)) if processes > 1 else None
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lock = safety.WorkdirLock(workdir) if is_main else None
     signals = safety.StopSignals()
     try:
         return _train(config, workdir, is_main, signals)
+    except (RuntimeError, ValueError) as e:
+        if processes == 1:
+            raise
+        message = f"process {jax.process_index()} of {processes}: {str(e).splitlines()[0]}"
+        if any(w in str(e) for w in _LOST_PEER_WORDS):
+            message += " (another process stopped: restart them all on the same --workdir to resume)"
+        raise type(e)(message) from e
     finally:
         signals.restore()
         if lock:
             lock.release()
+        if watch:
+            watch.finish()
 
 
 def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) -> dict:

@@ -81,5 +81,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.coordinator = ""  # multi-host: coordinator host:port (SLURM sets it up when empty)
     c.num_processes = 0  # multi-host: process count
     c.process_id = -1  # multi-host: this process
-    c.heartbeat_timeout_s = 100  # multi-host: a process silent this long ends the others
+    c.heartbeat_timeout_s = 100  # multi-host: a process silent this long ends the others (one line)
     return c

@@ -16,6 +16,7 @@ so a rerun after fixing the file succeeds.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import os
 import shutil
@@ -249,25 +250,37 @@ def prepare(name: str, data_dir: str | os.PathLike, source_dir: str = "", splits
 
     ``splits`` may use TFDS slicing, e.g. ``("train[:20]", "train[20:]")``; default: every split.
 
-    On failure the partly written dataset folder is removed and the error re-raised.
+    Processes sharing ``data_dir`` (those of a multi-process run, or two runs) take turns on a
+    file lock, so one prepares and the others find it prepared. On failure the partly written
+    dataset folder is removed and the error re-raised.
     """
     b = builder(name, data_dir, source_dir, **options)
     out = Path(b.data_dir)
     if not (out / "dataset_info.json").exists():
-        try:
-            b.download_and_prepare()
-        except BaseException:
-            parent = out.parent  # <data_dir>/<name>/<config>/ holds 1.0.0 or incomplete.*
-            for p in list(parent.iterdir()) if parent.exists() else []:
-                if p.name.startswith((out.name, "incomplete")):
-                    shutil.rmtree(p, ignore_errors=True)
-            for d in (parent, parent.parent):
-                if d.exists() and not any(d.iterdir()):
-                    d.rmdir()
-            raise
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(data_dir) / f".{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
+            if not (out / "dataset_info.json").exists():
+                _prepare_or_clean(b, out)
+            else:  # prepared by another process meanwhile: read what it wrote
+                b = builder(name, data_dir, source_dir, **options)
     if splits:
         return {s: b.as_data_source(split=s) for s in splits}
     return b.as_data_source()
+
+
+def _prepare_or_clean(b, out: Path) -> None:
+    try:
+        b.download_and_prepare()
+    except BaseException:
+        parent = out.parent  # <data_dir>/<name>/<config>/ holds 1.0.0 or incomplete.*
+        for p in list(parent.iterdir()) if parent.exists() else []:
+            if p.name.startswith((out.name, "incomplete")):
+                shutil.rmtree(p, ignore_errors=True)
+        for d in (parent, parent.parent):
+            if d.exists() and not any(d.iterdir()):
+                d.rmdir()
+        raise
 
 
 def load(name: str, data_dir: str | os.PathLike, source_dir: str = "", splits=None, **options):
