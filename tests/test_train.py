@@ -129,8 +129,10 @@ def test_sigkill_at_a_random_step_then_restart(reference, tfds_dir, tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tfds_dir, tmp_path):
-    proc = _cli(tmp_path, tfds_dir, "--config.num_steps=10000", "--config.checkpoint_every=1000",
-                step_delay=0.2)
+    """With background (async) checkpoint writes, as on GPUs: the write started at the SIGTERM
+    step completes before the run exits."""
+    proc = _cli(tmp_path, tfds_dir, "--config.num_steps=10000", "--config.checkpoint_every=3",
+                "--config.async_checkpoints=on", step_delay=0.2)
     deadline = time.time() + 300
     while not (tmp_path / "metrics.jsonl").exists():
         assert proc.poll() is None and time.time() < deadline
@@ -140,7 +142,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tfds_dir, tmp_path):
     assert rc == 0, out[-2000:]
     assert "stopped by SIGTERM at step" in out
     step = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
-    assert checkpoint.Checkpoints(tmp_path / "checkpoints").latest_step() == step
+    ck = checkpoint.Checkpoints(tmp_path / "checkpoints")
+    assert ck.latest_step() == step and ck.read_meta(step)["step"] == step
+    assert sorted(p.name for p in ck.directory.iterdir()) == sorted(map(str, ck.all_steps()))  # no tmp dirs
 
 
 class _NanAt:

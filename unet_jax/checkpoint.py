@@ -26,10 +26,13 @@ class Checkpoints:
         value is kept as well, and is :meth:`best_step`. A checkpoint saved without it ranks
         below every one saved with it.
       best_mode: ``max`` or ``min``.
+      async_save: write in a background thread after copying the arrays to the host (default:
+        on GPU/TPU, where training then goes on during the write; on CPU the copy is the write).
+        :meth:`close` waits for a write in flight, so a run stopped by SIGTERM keeps it.
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, best_metric: str | None = None,
-                 best_mode: str = "max"):
+                 best_mode: str = "max", async_save: bool | None = None):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         if best_mode not in ("max", "min"):
@@ -42,11 +45,12 @@ class Checkpoints:
             policies.append(pp.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
                                      keep_checkpoints_without_metrics=False))
         self.best_metric = best_metric
+        self.async_save = jax.default_backend() != "cpu" if async_save is None else bool(async_save)
         self.directory = Path(os.path.abspath(directory))
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False,
+                create=True, cleanup_tmp_directories=True, enable_async_checkpointing=self.async_save,
                 best_fn=best_fn, best_mode=best_mode,  # orbax records metrics only with a best_fn
                 preservation_policy=pp.AnyPreservationPolicy(policies)),
             item_names=("state", "meta"))
@@ -75,7 +79,8 @@ class Checkpoints:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)),
                           metrics=metrics, force=True)
-        self.manager.wait_until_finished()
+        if not self.async_save:
+            self.manager.wait_until_finished()
 
     def restore(self, step: int, target: Any) -> tuple[Any, dict]:
         """Restores ``(state, meta)``; ``target`` gives the tree structure, shapes and shardings."""

@@ -13,7 +13,8 @@ from pathlib import Path
 RESUMABLE_CHANGES = {"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                      "progress", "loader_workers", "loader_threads", "parallel", "coordinator",
                      "num_processes", "process_id", "stop_after", "eval_tta", "eval_batch_tiles",
-                     "time_budget_s", "max_nonfinite_steps", "heartbeat_timeout_s"}
+                     "time_budget_s", "max_nonfinite_steps", "heartbeat_timeout_s",
+                     "async_checkpoints"}
 
 
 class NonFiniteLoss(RuntimeError):

@@ -237,7 +237,8 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
     base_rng = jax.random.key(config.seed, impl="rbg")
     state = create_state(config, jax.random.fold_in(base_rng, 1 << 20))
     ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
-                                   best_metric="val_dice", best_mode="max")
+                                   best_metric="val_dice", best_mode="max",
+                                   async_save=_async_save(config))
     config_dict = config.to_dict()
     state, base_rng, start = _resume(ckpts, state, data_iter, base_rng, config_dict)
     if is_main:
@@ -265,31 +266,35 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
 
     step, stop, budget_hit, last_val = start, None, False, None
     t0 = time.perf_counter()
-    with tqdm.tqdm(total=config.num_steps, initial=start, disable=not (is_main and config.progress),
-                   dynamic_ncols=True, desc="train") as bar:
-        for step in range(start + 1, config.num_steps + 1):
-            dstate, sums = runner(dstate, next(batches), base_rng, placed=True)
-            log.add(step, sums)
-            bar.update(1)
-            last = step == config.num_steps  # validated and saved after the loop
-            stop = _stop_reason(signals, step, config)
-            save_now = (step % config.checkpoint_every == 0 and not last) or stop
-            eval_now = bool(config.eval_every) and step % config.eval_every == 0 and not last
-            if not (step % config.log_every == 0 or last or save_now or eval_now):
-                continue
-            bar.set_postfix(log.flush(step))  # raises NonFiniteLoss after too many skipped steps
-            val = None
-            if eval_now:
-                val, _ = validate(runner.get_state(dstate), max_images=config.eval_max_images)
-                log.validation(step, val, is_main, echo=bar.write)
-                last_val = val
-            if save_now:
-                save(step, runner.get_state(dstate), val)
-            if stop:
-                break
-            if config.time_budget_s > 0 and time.perf_counter() - t0 > config.time_budget_s:
-                budget_hit = True  # train no longer; evaluate and save as at the last step
-                break
+    try:  # a checkpoint write in flight completes before an error ends the run
+        with tqdm.tqdm(total=config.num_steps, initial=start, disable=not (is_main and config.progress),
+                       dynamic_ncols=True, desc="train") as bar:
+            for step in range(start + 1, config.num_steps + 1):
+                dstate, sums = runner(dstate, next(batches), base_rng, placed=True)
+                log.add(step, sums)
+                bar.update(1)
+                last = step == config.num_steps  # validated and saved after the loop
+                stop = _stop_reason(signals, step, config)
+                save_now = (step % config.checkpoint_every == 0 and not last) or stop
+                eval_now = bool(config.eval_every) and step % config.eval_every == 0 and not last
+                if not (step % config.log_every == 0 or last or save_now or eval_now):
+                    continue
+                bar.set_postfix(log.flush(step))  # raises NonFiniteLoss after too many skipped steps
+                val = None
+                if eval_now:
+                    val, _ = validate(runner.get_state(dstate), max_images=config.eval_max_images)
+                    log.validation(step, val, is_main, echo=bar.write)
+                    last_val = val
+                if save_now:
+                    save(step, runner.get_state(dstate), val)
+                if stop:
+                    break
+                if config.time_budget_s > 0 and time.perf_counter() - t0 > config.time_budget_s:
+                    budget_hit = True  # train no longer; evaluate and save as at the last step
+                    break
+    except BaseException:
+        ckpts.close()
+        raise
     final = runner.get_state(dstate)
     summary = {"step": step, "train_time_s": round(time.perf_counter() - t0, 2), "stopped_by": stop,
                "resumed_from": start, "process_count": jax.process_count(),
@@ -341,6 +346,14 @@ def _train_batches(config, source):
     return iter(loader.make_train_loader(source, tile, config.batch_size // pcount, config.seed,
                                          jax.process_index(), pcount, num_threads=config.loader_threads,
                                          workers=config.loader_workers))
+
+
+def _async_save(config) -> bool | None:
+    value = config.get("async_checkpoints", "auto")
+    choices = {"auto": None, "on": True, "off": False}
+    if value not in choices:
+        raise ValueError(f"async_checkpoints must be one of {tuple(choices)}, got {value!r}")
+    return choices[value]
 
 
 def _resume(ckpts, state, data_iter, base_rng, config_dict):

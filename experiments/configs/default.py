@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_tta = False  # test-time augmentation in the final validation
     c.eval_batch_tiles = 4  # tiles per device call in inference
     c.checkpoint_every = 100  # steps between checkpoints
+    c.async_checkpoints = "auto"  # write checkpoints in the background: auto (on GPU/TPU) | on | off
     c.keep_checkpoints = 2  # latest checkpoints kept (plus the best by val Dice)
     c.stop_after = -1  # stop (with a checkpoint) after this step, as a preemption would
     c.time_budget_s = 0.0  # > 0: stop training after this many seconds, then evaluate and save
