@@ -12,7 +12,7 @@ The variant after the colon (ae, sparse, denoising, contractive, vae) picks the 
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import mnist_train, runtime
+from unet_jax import mnist_train, runtime, safety
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/autoencoder.py",
@@ -24,7 +24,7 @@ flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and fig
 def main(argv):
     del argv
     runtime.setup(FLAGS.verbosity)
-    summary = mnist_train.train_autoencoder(FLAGS.config, FLAGS.workdir)
+    summary = safety.run_or_exit(mnist_train.train_autoencoder, FLAGS.config, FLAGS.workdir)
     print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
 
 

@@ -7,7 +7,7 @@ Without ``--config.data_dir`` MNIST comes through TFDS (internet needed once).
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import mnist_train, runtime
+from unet_jax import mnist_train, runtime, safety
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, figures and the summary.", required=True)
@@ -18,7 +18,7 @@ config_flags.DEFINE_config_file("config", "experiments/configs/cnn_mnist.py",
 def main(argv):
     del argv
     runtime.setup(FLAGS.verbosity)
-    summary = mnist_train.train_cnn(FLAGS.config, FLAGS.workdir)
+    summary = safety.run_or_exit(mnist_train.train_cnn, FLAGS.config, FLAGS.workdir)
     print(f"held-out accuracy {summary['test_accuracy']:.4f} in {summary['wall_time_s']:.0f} s "
           f"({summary['steps']} steps); results in {FLAGS.workdir}")
 

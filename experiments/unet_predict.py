@@ -24,51 +24,74 @@ flags.DEFINE_integer("tile_size", 0, "Input tile size (0: the run's evaluation t
 
 def main(argv):
     del argv
-    import tifffile
-    from PIL import Image
-
-    from unet_jax import evaluation, inference, plots, runtime
+    from unet_jax import evaluation, inference, runtime
     from unet_jax.data import builders, readers
 
     runtime.setup(FLAGS.verbosity)
     try:
-        run = evaluation.load_trained(FLAGS.workdir, fallback=FLAGS.fallback)
-        config = run.config
+        if FLAGS.tile_size < 0:
+            raise ValueError(f"--tile_size must be >= 0 (0: the run's evaluation tile), got {FLAGS.tile_size}")
         src = Path(FLAGS.input)
+        if not src.exists():
+            raise ValueError(f"--input {src}: no such file or folder")
         files = sorted(p for p in src.iterdir() if p.suffix.lower() in readers.IMAGE_SUFFIXES) \
             if src.is_dir() else [src]
         if not files:
-            raise ValueError(f"--input {src}: no images (png, tif, jpg) found")
+            raise ValueError(f"--input {src}: no images ({', '.join(readers.IMAGE_SUFFIXES)}) found")
+        run = evaluation.load_trained(FLAGS.workdir, fallback=FLAGS.fallback)
+        config = run.config
         out = Path(FLAGS.output)
-        out.mkdir(parents=True, exist_ok=True)
         k = config.model.num_classes
         tile_in = FLAGS.tile_size or inference.eval_tile_size(config)
         for f in files:
             arr = readers.read_image(f)
-            stack = f.suffix.lower() in (".tif", ".tiff") and arr.ndim == 3 and arr.shape[-1] not in (3, 4)
+            stack = readers.is_stack(arr)
             slices = list(arr) if stack else [arr]
-            masks, probs = [], []
-            for i, s in enumerate(slices):
-                image = builders.normalise(s)
-                if image.ndim == 3 and config.model.in_channels == 1 and image.shape[-1] in (3, 4):
-                    raise ValueError(f"{f}: image has {image.shape[-1]} channels, the model expects 1")
-                image = builders.to_channels(image, config.model.in_channels, f)
+            images, masks, probs = [], [], []
+            for s in slices:
+                image = builders.to_channels(builders.normalise(s), config.model.in_channels, f,
+                                             config.data.get("to_grey", False))
                 p = inference.predict_probs(config, run.predict, image, FLAGS.tta, tile_in)
                 mask = p.argmax(-1).astype(np.uint8)
+                images.append(image)
                 masks.append(mask * 255 if k == 2 else mask)
                 probs.append(np.moveaxis(p, -1, 0).astype(np.float32))
-                plots.prediction_overlays([(image, np.zeros(mask.shape), p[..., 1:].sum(-1))],
-                                          out / f"{f.stem}{f'_{i:03d}' if stack else ''}_overlay.png")
-            if stack:
-                tifffile.imwrite(out / f"{f.stem}_mask.tif", np.stack(masks))
-                tifffile.imwrite(out / f"{f.stem}_prob.tif", np.stack(probs))
-            else:
-                Image.fromarray(masks[0]).save(out / f"{f.stem}_mask.png")
-                tifffile.imwrite(out / f"{f.stem}_prob.tif", probs[0])
+            _write(out, f.stem, stack, images, masks, probs)
             print(f"{f} -> {out / f.stem}_mask.{'tif' if stack else 'png'}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def _write(out: Path, stem: str, stack: bool, images, masks, probs) -> None:
+    """Writes one input's outputs; if any write fails (a full disk), removes the ones written."""
+    import tifffile
+    from PIL import Image
+
+    from unet_jax import plots
+
+    written = []
+
+    def target(name):
+        written.append(out / name)
+        return out / name
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if stack:
+            tifffile.imwrite(target(f"{stem}_mask.tif"), np.stack(masks))
+            tifffile.imwrite(target(f"{stem}_prob.tif"), np.stack(probs))
+        else:
+            Image.fromarray(masks[0]).save(target(f"{stem}_mask.png"))
+            tifffile.imwrite(target(f"{stem}_prob.tif"), probs[0])
+        for i, (image, p) in enumerate(zip(images, probs)):
+            plots.prediction_overlays([(image, np.zeros(p.shape[1:]), p[1:].sum(0))],
+                                      target(f"{stem}{f'_{i:03d}' if stack else ''}_overlay.png"))
+    except OSError as e:
+        for path in written:
+            if not path.is_symlink():
+                path.unlink(missing_ok=True)
+        raise ValueError(f"{written[-1] if written else out}: cannot write ({e.strerror or e})") from None
 
 
 if __name__ == "__main__":

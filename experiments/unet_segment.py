@@ -29,10 +29,13 @@ def main(argv):
     runtime.setup(FLAGS.verbosity)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (safety.NonFiniteLoss, RuntimeError, ValueError) as e:
+    except (safety.NonFiniteLoss, RuntimeError, ValueError, OSError) as e:
+        message = str(e)
+        if isinstance(e, OSError):  # a full disk, a read-only folder
+            message = f"{e.filename or FLAGS.workdir}: {e.strerror or e}"
         if jax.process_count() > 1:  # the others may be gone: skip JAX's shutdown barrier
-            parallel.exit_with_error(str(e))
-        print(f"error: {e}", file=sys.stderr)
+            parallel.exit_with_error(message)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
 
 

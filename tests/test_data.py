@@ -56,7 +56,7 @@ def test_every_builder_prepares_and_reads_without_tensorflow(tmp_path, isbi_dir,
         for name, src, opts in [("synthetic_cells", "", dict(size=64, num_train=3, num_test=2)),
                                 ("isbi2012", {str(isbi_dir)!r}, {{}}),
                                 ("nuclei_dsb", {str(dsb_dir)!r}, dict(channels=3)),
-                                ("image_folder", {str(folder)!r}, {{}})]:
+                                ("image_folder", {str(folder)!r}, dict(to_grey=True))]:
             ds = builders.load(name, {str(tmp_path / 'tfds')!r}, src, **opts)
             ex = ds["train"][0]
             out[name] = {{"len": {{k: len(v) for k, v in ds.items()}},
@@ -105,7 +105,8 @@ def test_class_balance_option_sets_w_c(tmp_path):
 
 
 @pytest.mark.parametrize("breakage,match", [
-    ("size", "mask a.png is 40x47, image a.tif is 40x48"),
+    ("size", "masks/a.png: mask is 40x47, image a.tif is 40x48"),
+    ("channels", "a.tif: the image has 2 channels, the model expects 1"),
     ("orphan_mask", "c.png: mask has no image"),
     ("empty", "a.tif: empty file"),
     ("garbage", "a.tif: not a readable image"),
@@ -120,6 +121,8 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, breakage, match):
         Image.fromarray(np.zeros((40, 47), np.uint8)).save(folder / "masks" / "a.png")
     elif breakage == "orphan_mask":
         Image.fromarray(np.zeros((40, 48), np.uint8)).save(folder / "masks" / "c.png")
+    elif breakage == "channels":
+        tifffile.imwrite(folder / "images" / "a.tif", np.zeros((2, 40, 48), np.uint16))
     elif breakage == "empty":
         (folder / "images" / "a.tif").write_bytes(b"")
     elif breakage == "garbage":
@@ -131,13 +134,12 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, breakage, match):
     data_dir = tmp_path / "tfds"
     with pytest.raises(ValueError, match=match):
         builders.load("image_folder", data_dir, str(folder))
-    leftovers = list((data_dir / "image_folder").glob("*")) if (data_dir / "image_folder").exists() else []
-    assert leftovers == []
+    assert not data_dir.exists()  # nothing prepared, not even the folder
     # fix the file and prepare again
     (folder / "images" / "a.tif").write_bytes(good_tif)
     (folder / "masks" / "a.png").write_bytes(good_mask)
     (folder / "masks" / "c.png").unlink(missing_ok=True)
-    assert len(builders.load("image_folder", data_dir, str(folder))["train"]) == 2
+    assert len(builders.load("image_folder", data_dir, str(folder), to_grey=True)["train"]) == 2
 
 
 # ------------------------------------------------------------------ loader

@@ -11,11 +11,31 @@ from unet_jax import checkpoint, safety
 
 def test_a_second_lock_on_a_workdir_is_refused_until_released(tmp_path):
     lock = safety.WorkdirLock(tmp_path)
-    assert (tmp_path / ".lock").read_text() == str(os.getpid())
     with pytest.raises(RuntimeError, match=f"workdir {tmp_path} is in use by another run"):
         safety.WorkdirLock(tmp_path)
     lock.release()
     safety.WorkdirLock(tmp_path).release()
+
+
+def test_a_failed_start_removes_only_what_it_added(tmp_path):
+    """Nothing half-written: a new workdir goes entirely, an old one loses only the new files,
+    and a workdir holding a checkpoint keeps everything (it can be resumed)."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.json").write_text("{}")
+    safety.remove_unfinished(fresh, None)
+    assert not fresh.exists()
+    old = tmp_path / "old"
+    (old / "mine").mkdir(parents=True)
+    before = set(old.iterdir())
+    (old / "config.json").write_text("{}")
+    (old / "checkpoints").mkdir()
+    safety.remove_unfinished(old, before)
+    assert sorted(p.name for p in old.iterdir()) == ["mine"]
+    (old / "checkpoints" / "4").mkdir(parents=True)
+    (old / "metrics.jsonl").write_text("")
+    safety.remove_unfinished(old, before)
+    assert sorted(p.name for p in old.iterdir()) == ["checkpoints", "metrics.jsonl", "mine"]
 
 
 def test_sigterm_only_sets_a_flag_until_restored():

@@ -88,6 +88,9 @@ def fit(config, apply_fn, params, loss_fn, images, labels, rng, held_out: Callab
       (state, steps, wall seconds).
     """
     steps_per_epoch = len(images) // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"--config.batch_size {config.batch_size} is larger than the {len(images)} "
+                         f"training digits")
     schedule = optax.cosine_decay_schedule(config.learning_rate, config.epochs * steps_per_epoch)
     state = train_state.TrainState.create(apply_fn=apply_fn, params=params, tx=optax.adam(schedule))
     step_fn = make_train_step(loss_fn)
@@ -106,6 +109,13 @@ def fit(config, apply_fn, params, loss_fn, images, labels, rng, held_out: Callab
 
 
 # ------------------------------------------------------------------ the digit CNN
+def check_counts(config) -> None:
+    """One-line errors for counts that must be positive (before any data is read)."""
+    for name in ("epochs", "batch_size"):
+        if config[name] < 1:
+            raise ValueError(f"--config.{name} must be >= 1, got {config[name]}")
+
+
 def train_cnn(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains the digit CNN (``experiments/configs/cnn_mnist.py``); writes metrics.jsonl,
     summary.json, config.json and PNGs of predictions and the confusion matrix.
@@ -113,6 +123,7 @@ def train_cnn(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns:
       the summary: held-out accuracy, wall time and the number of steps.
     """
+    check_counts(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (x_train, y_train), (x_test, y_test) = mnist.load_mnist(
@@ -202,6 +213,7 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics.jsonl, an orbax checkpoint, PNGs, comparison.md and summary.json. Autoencoders are
     compared with PCA of as many components as latents; the VAE reports its negative ELBO and
     the importance-weighted bound."""
+    check_counts(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (x_train, _), (x_test, y_test) = mnist.load_mnist(config.data_dir or None, config.num_train,

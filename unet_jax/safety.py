@@ -4,8 +4,10 @@ non-finite steps in a row that names the step."""
 from __future__ import annotations
 
 import fcntl
-import os
+import shutil
 import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -37,14 +39,37 @@ class WorkdirLock:
             self.f.close()
             raise RuntimeError(f"workdir {workdir} is in use by another run (lock {self.path}); "
                                f"wait for it to finish or choose another --workdir") from None
-        self.f.seek(0)
-        self.f.truncate()
-        self.f.write(str(os.getpid()))
-        self.f.flush()
 
     def release(self) -> None:
         fcntl.flock(self.f, fcntl.LOCK_UN)
         self.f.close()
+
+
+def remove_unfinished(workdir: Path, before: set | None) -> None:
+    """After a run failed before its first checkpoint, removes what it added to ``workdir`` (all
+    of it when ``before`` is None: the run created the folder), so a failed start leaves nothing
+    half-written. A run with a checkpoint keeps everything: it can be resumed."""
+    ckdir = workdir / "checkpoints"
+    if ckdir.is_dir() and any(p.name.isdigit() for p in ckdir.iterdir()):
+        return
+    if before is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for p in set(workdir.iterdir()) - before:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
+def run_or_exit(train_fn: Callable, config, workdir: str):
+    """``train_fn(config, workdir)`` for a CLI: a bad input (ValueError, RuntimeError, OSError)
+    ends the process with status 1 and one ``error:`` line, after :func:`remove_unfinished`."""
+    path = Path(workdir)
+    before = set(path.iterdir()) if path.is_dir() else None
+    try:
+        return train_fn(config, workdir)
+    except (ValueError, RuntimeError, OSError) as e:
+        remove_unfinished(path, before)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 class StopSignals:

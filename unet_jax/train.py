@@ -209,13 +209,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     is_main, processes = jax.process_index() == 0, jax.process_count()
     watch = parallel.PeerWatch(config.get("heartbeat_timeout_s", 100)) if processes > 1 else None
     workdir = Path(workdir)
+    before = set(workdir.iterdir()) if workdir.is_dir() else None
     workdir.mkdir(parents=True, exist_ok=True)
     lock = safety.WorkdirLock(workdir) if is_main else None
     signals = safety.StopSignals()
     try:
         return _train(config, workdir, is_main, signals)
-    except (RuntimeError, ValueError) as e:
-        if processes == 1:
+    except BaseException as e:
+        if is_main:
+            safety.remove_unfinished(workdir, before)
+        if processes == 1 or not isinstance(e, (RuntimeError, ValueError)):
             raise
         message = f"process {jax.process_index()} of {processes}: {str(e).splitlines()[0]}"
         if any(w in str(e) for w in _LOST_PEER_WORDS):
@@ -362,10 +365,19 @@ def _resume(ckpts, state, data_iter, base_rng, config_dict):
     latest = ckpts.latest_step()
     if latest is None:
         return state, base_rng, 0
-    saved = ckpts.read_meta(latest)["config"]
-    safety.check_compatible(saved, config_dict, ckpts.directory / str(latest))
-    safety.check_schedule_kept(saved, config_dict, ckpts.directory / str(latest))
-    state, meta = ckpts.restore(latest, state)
+    where = ckpts.directory / str(latest)
+    try:
+        saved = ckpts.read_meta(latest)["config"]
+    except Exception as e:  # noqa: BLE001 - any read failure: a damaged checkpoint
+        raise ValueError(f"workdir checkpoint {where} cannot be read ({type(e).__name__}); move that "
+                         f"folder away to resume from the step before") from None
+    safety.check_compatible(saved, config_dict, where)
+    safety.check_schedule_kept(saved, config_dict, where)
+    try:
+        state, meta = ckpts.restore(latest, state)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"workdir checkpoint {where} cannot be read ({type(e).__name__}); move that "
+                         f"folder away to resume from the step before") from None
     data_iter.set_state(meta["loader"])
     return (state, jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32), impl="rbg"),
             int(meta["step"]))

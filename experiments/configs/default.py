@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.synthetic_size = 256  # synthetic_cells image size
     d.synthetic_train = 48  # synthetic_cells training images
     d.synthetic_test = 16  # synthetic_cells held-out images
+    d.to_grey = False  # nuclei_dsb / image_folder: colour images become grey (else kept as channels)
     d.tile_size = 128  # training tile (network output) size
     d.eval_tile_size = 256  # inference tile (input) size
     d.foreground_prob = 0.33  # tiles centred on foreground

@@ -10,6 +10,7 @@ from experiments.configs import default
 def get_config():
     c = default.get_config()
     c.data.dataset = "nuclei_dsb"
+    c.data.to_grey = True  # the few colour (stained) images become grey like the rest
     c.data.train_split = "train[:10]"
     c.data.eval_split = "train[10:]"
     c.data.tile_size = 128

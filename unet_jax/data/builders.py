@@ -59,27 +59,43 @@ def make_example(image, labels, instances, name: str, config: "CellsConfig", kno
 
 
 def normalise(arr: np.ndarray) -> np.ndarray:
-    """uint8 -> /255; other types (16-bit microscopy, float) -> percentiles 1 / 99.8 to 0 / 1."""
+    """Intensities to [0, 1], each channel on its own: uint8 -> /255; other types (16-bit
+    microscopy, float) -> that channel's 1st / 99.8th percentiles to 0 / 1, clipped (as
+    ``csbdeep.normalize(x, 1, 99.8)``), so that one bright channel does not dim the others.
+    Training, evaluation and ``unet_predict`` all read images through it."""
     arr = np.asarray(arr)
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     a = arr.astype(np.float64)
-    lo, hi = np.percentile(a, (1, 99.8))
-    return np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
+    axes = (0, 1) if a.ndim == 3 else None
+    lo, hi = np.percentile(a, 1, axis=axes), np.percentile(a, 99.8, axis=axes)
+    return np.clip((a - lo) / np.maximum(hi - lo, 1e-12), 0, 1).astype(np.float32)
 
 
-def to_channels(arr: np.ndarray, channels: int, path) -> np.ndarray:
-    """[H, W] or [H, W, C] -> [H, W, channels] (grey <-> RGB; alpha dropped)."""
+def to_channels(arr: np.ndarray, channels: int, path, to_grey: bool = False) -> np.ndarray:
+    """[H, W] or [H, W, C] -> [H, W, channels] without losing data: a grey image fills every
+    channel of an RGB model; a constant (opaque) alpha channel is dropped; RGB whose channels are
+    equal is grey. Colour becomes grey (the channels' mean) only with ``to_grey``.
+
+    Raises:
+      ValueError: naming ``path`` and both channel counts when the image does not fit.
+    """
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3:
         raise ValueError(f"{path}: expected a 2-D image (optionally with channels), got shape {arr.shape}")
-    arr = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
-    if channels == 1 and arr.shape[-1] == 3:
-        return arr.mean(-1, keepdims=True)
-    if channels == 3 and arr.shape[-1] == 1:
+    if arr.shape[-1] == 4 and channels != 4 and np.ptp(arr[..., 3]) == 0:
+        arr = arr[..., :3]  # RGBA, fully opaque
+    c = arr.shape[-1]
+    if c == channels:
+        return arr
+    if c == 1 and channels == 3:
         return np.repeat(arr, 3, -1)
-    return arr
+    if c == 3 and channels == 1 and (to_grey or (np.ptp(arr, axis=-1) == 0).all()):
+        return arr.mean(-1, keepdims=True)
+    hint = " or --config.data.to_grey=True" if c == 3 and channels == 1 else ""
+    raise ValueError(f"{path}: the image has {c} channels, the model expects {channels} "
+                     f"(set --config.model.in_channels={c}{hint})")
 
 
 @dataclasses.dataclass
@@ -90,7 +106,8 @@ class CellsConfig(tfds.core.BuilderConfig):
     size: int = 256  # synthetic_cells: image size
     num_train: int = 48  # synthetic_cells: training images
     num_test: int = 16  # synthetic_cells: held-out images
-    channels: int = 1  # nuclei_dsb / image_folder: 1 (grey) or 3 (RGB)
+    channels: int = 1  # nuclei_dsb / image_folder: the model's input channels
+    to_grey: bool = False  # nuclei_dsb / image_folder: colour images become grey
     num_classes: int = 2  # image_folder: classes in the masks
     w0: float = 10.0  # weight map border weight
     sigma: float = 5.0  # weight map border width (pixels)
@@ -168,7 +185,7 @@ class NucleiDsb(_Base):
         exs = []
         for sample in sorted(p for p in root.iterdir() if p.is_dir()):
             img_path = sample / "images" / f"{sample.name}.png"
-            image = to_channels(normalise(readers.read_image(img_path)), c.channels, img_path)
+            image = to_channels(normalise(readers.read_image(img_path)), c.channels, img_path, c.to_grey)
             masks = sorted((sample / "masks").glob("*.png"))
             if not masks:
                 raise ValueError(f"{sample / 'masks'}: no mask files for image {img_path.name}")
@@ -178,7 +195,7 @@ class NucleiDsb(_Base):
                 if m.ndim == 3:
                     m = m[..., 0]
                 if m.shape != inst.shape:
-                    raise ValueError(f"mask {mp.name} is {m.shape[0]}x{m.shape[1]}, image "
+                    raise ValueError(f"{mp}: mask is {m.shape[0]}x{m.shape[1]}, image "
                                      f"{img_path.name} is {inst.shape[0]}x{inst.shape[1]}")
                 inst[(m > 0) & (inst == 0)] = i
             exs.append((sample.name, make_example(image, (inst > 0).astype(np.uint8), inst,
@@ -209,12 +226,12 @@ class ImageFolder(_Base):
         for stem, ip in images.items():
             if stem not in masks:
                 raise ValueError(f"{ip}: image has no mask {stem}.* in {mdir}")
-            image = to_channels(normalise(readers.read_image(ip)), c.channels, ip)
+            image = to_channels(normalise(readers.read_image(ip)), c.channels, ip, c.to_grey)
             mask = readers.read_image(masks[stem])
             if mask.ndim == 3:
                 mask = mask[..., 0]
             if mask.shape != image.shape[:2]:
-                raise ValueError(f"mask {masks[stem].name} is {mask.shape[0]}x{mask.shape[1]}, image "
+                raise ValueError(f"{masks[stem]}: mask is {mask.shape[0]}x{mask.shape[1]}, image "
                                  f"{ip.name} is {image.shape[0]}x{image.shape[1]}")
             values = np.unique(mask)
             if c.num_classes == 2 and set(values.tolist()) <= {0, 255}:
@@ -257,13 +274,25 @@ def prepare(name: str, data_dir: str | os.PathLike, source_dir: str = "", splits
     b = builder(name, data_dir, source_dir, **options)
     out = Path(b.data_dir)
     if not (out / "dataset_info.json").exists():
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(data_dir) / f".{name}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
-            if not (out / "dataset_info.json").exists():
-                _prepare_or_clean(b, out)
-            else:  # prepared by another process meanwhile: read what it wrote
-                b = builder(name, data_dir, source_dir, **options)
+        root = Path(data_dir)
+        lock_path = root / f".{name}.lock"
+        made = [d for d in (root, root / "downloads", root / "downloads" / "extracted", lock_path)
+                if not d.exists()]
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(lock_path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
+                if not (out / "dataset_info.json").exists():
+                    _prepare_or_clean(b, out)
+                else:  # prepared by another process meanwhile: read what it wrote
+                    b = builder(name, data_dir, source_dir, **options)
+        except BaseException:
+            for p in reversed(made):  # what this call created, if still empty
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                elif p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
+            raise
     if splits:
         return {s: b.as_data_source(split=s) for s in splits}
     return b.as_data_source()
@@ -298,8 +327,8 @@ def load(name: str, data_dir: str | os.PathLike, source_dir: str = "", splits=No
 
 def dataset_options(config, dataset: str) -> dict:
     """The builder options of ``dataset`` for a run's ``config``: the synthetic set's sizes, the
-    input channels and the weight map (``class_balance`` only when off, so that datasets
-    prepared before the option existed keep their names)."""
+    input channels, the classes and the weight map (options added later appear only when not
+    at their default, so that datasets prepared before they existed keep their names)."""
     d = config.data
     options = {"w0": d.w0, "sigma": d.sigma}
     if not d.get("class_balance", True):
@@ -308,6 +337,10 @@ def dataset_options(config, dataset: str) -> dict:
         options.update(size=d.synthetic_size, num_train=d.synthetic_train, num_test=d.synthetic_test)
     if dataset in ("nuclei_dsb", "image_folder"):
         options["channels"] = config.model.in_channels
+        if d.get("to_grey", False):
+            options["to_grey"] = True
+    if dataset == "image_folder" and config.model.num_classes != 2:
+        options["num_classes"] = config.model.num_classes
     return options
 
 

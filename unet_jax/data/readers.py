@@ -1,4 +1,12 @@
-"""Readers for images and masks on disk (PNG, TIFF incl. 16-bit and stacks, JPEG). No pickle."""
+"""Readers for images and masks on disk: everything Pillow and tifffile read (PNG, TIFF and
+OME-TIFF incl. 16-bit, stacks and LZW / deflate / zstd compression through imagecodecs, JPEG,
+GIF, BMP, WebP). No pickle.
+
+Channel order: Pillow images are [H, W] or [H, W, C]. For a TIFF the axes tifffile reports
+decide: ``C`` / ``S`` are channels and are moved last; ``Z`` / ``T`` / ``I`` make a stack. An
+axis of unknown meaning (``Q``) of a 3-D TIFF is taken as channels when it has at most 4
+entries and the other end has more (``[2, H, W]`` -> ``[H, W, 2]``); otherwise it is a stack.
+"""
 from __future__ import annotations
 
 import os
@@ -6,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+MAX_CHANNELS = 4  # an unnamed TIFF axis this short is a channel axis
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads one image file as an array ([H, W] grey, [H, W, C] colour, [N, H, W] TIFF stack).
+    """Reads one image file: [H, W], [H, W, C] (channels last), or [N, H, W(, C)] for a TIFF
+    stack. Palette images (PNG, GIF) give their palette indices.
 
     Raises:
       ValueError: naming the file when it is missing, empty or not a readable image.
@@ -22,19 +32,39 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: empty file, expected an image")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
+            arr = _read_tiff(path)
         else:
             from PIL import Image
 
             with Image.open(path) as im:
-                arr = np.asarray(im)
+                arr = np.asarray(im)  # "P" (palette) mode: the indices
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if arr.ndim < 2 or arr.size == 0:
         raise ValueError(f"{path}: expected a 2-D image, got shape {arr.shape}")
     return arr
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        arr, axes = series.asarray(), series.axes
+    axes = axes[-arr.ndim:] if len(axes) >= arr.ndim else "Q" * (arr.ndim - len(axes)) + axes
+    for c in ("C", "S"):
+        if c in axes and axes.index(c) != arr.ndim - 1:
+            i = axes.index(c)
+            arr, axes = np.moveaxis(arr, i, -1), axes[:i] + axes[i + 1:] + c
+    if arr.ndim == 3 and axes[0] == "Q" and arr.shape[0] <= MAX_CHANNELS < arr.shape[-1]:
+        arr = np.moveaxis(arr, 0, -1)
+    return arr
+
+
+def is_stack(arr: np.ndarray) -> bool:
+    """Whether a :func:`read_image` array is a stack of images rather than one image."""
+    return arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > MAX_CHANNELS)
 
 
 def to_grey_float(arr: np.ndarray) -> np.ndarray:
@@ -75,7 +105,7 @@ def read_isbi2012(data_dir: str | os.PathLike):
                 raise ValueError(f"{f}: no label file {f.stem}.* in {data_dir / 'labels'}")
             img, lbl = read_image(f), read_image(lf)
             if img.shape[:2] != lbl.shape[:2]:
-                raise ValueError(f"label {lf.name} is {lbl.shape[0]}x{lbl.shape[1]}, "
+                raise ValueError(f"{lf}: label is {lbl.shape[0]}x{lbl.shape[1]}, "
                                  f"image {f.name} is {img.shape[0]}x{img.shape[1]}")
             images.append(img)
             labels.append(lbl)
