@@ -72,14 +72,16 @@ def test_bad_input():
 
 
 # ------------------------------------------------------------------ weight map
-def brute_weight_map(instances, w0, sigma, wc):
-    """Per pixel: distances to every pixel of every cell, sorted per cell minima, eq. 2."""
+def brute_weight_map(instances, w0, sigma, wc, classes=None):
+    """Per pixel: distances to every pixel of every cell, sorted per cell minima, eq. 2; w_c by
+    ``classes`` (default: foreground / background) and the border term on class-0 pixels."""
     h, w = instances.shape
     ids = [i for i in np.unique(instances) if i > 0]
     out = np.zeros((h, w))
     coords = {i: np.argwhere(instances == i) for i in ids}
+    classes = (instances > 0).astype(int) if classes is None else classes
     for y, x in itertools.product(range(h), range(w)):
-        fg = int(instances[y, x] > 0)
+        fg = int(classes[y, x])
         out[y, x] = wc[fg]
         if fg or len(ids) < 2:
             continue
@@ -107,6 +109,23 @@ def test_weight_map_equals_brute_force(seed):
     ref = brute_weight_map(inst, 10.0, 5.0, wc)
     np.testing.assert_allclose(losses.weight_map(inst, tol=0), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(losses.weight_map(inst), ref, atol=2e-6)  # truncated at 1e-6
+
+
+def test_k_class_weight_map_equals_brute_force():
+    """3 classes: w_c balances all three; touching objects of different classes are separated."""
+    inst = random_cells((20, 24), 6, 3)
+    inst = np.unique(inst, return_inverse=True)[1].reshape(inst.shape)
+    classes = np.where(inst > 0, 1 + inst % 2, 0)  # odd objects class 2, even class 1
+    wc = np.bincount(classes.ravel(), minlength=3)
+    wc = classes.size / (3 * wc)
+    ref = brute_weight_map(inst, 10.0, 5.0, wc, classes)
+    got = losses.weight_map(inst, tol=0, classes=classes, num_classes=3)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    from unet_jax.data import builders  # instances from the classes alone: per-class components
+
+    touching = np.zeros((8, 8), int)
+    touching[1:4, 1:4], touching[1:4, 4:7], touching[5:7, 1:3] = 1, 2, 1
+    assert ndimage.label(touching > 0)[1] == 2 and builders.class_components(touching).max() == 3
 
 
 def test_weight_map_from_binary_mask_uses_connected_components():

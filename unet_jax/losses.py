@@ -141,7 +141,8 @@ def two_nearest_distances(instances, cutoff: float = np.inf):
 
 
 def weight_map(labels, w0: float = 10.0, sigma: float = 5.0, binary: bool = False,
-               class_weights=None, background_only: bool = True, tol: float = 1e-6) -> np.ndarray:
+               class_weights=None, background_only: bool = True, tol: float = 1e-6,
+               classes=None, num_classes: int = 2) -> np.ndarray:
     """The U-Net weight map w(x) = w_c(x) + w0 exp(-(d1(x) + d2(x))^2 / (2 sigma^2)) (eq. 2).
 
     Args:
@@ -149,8 +150,11 @@ def weight_map(labels, w0: float = 10.0, sigma: float = 5.0, binary: bool = Fals
         foreground mask (non-zero = cell), split into cells by 4-connected components.
       w0, sigma: border weight and width (paper: 10 and about 5 pixels).
       binary: treat ``labels`` as a mask.
-      class_weights: w_c for (background, cell); default :func:`class_balance_weights` of
-        this map.
+      class_weights: w_c for (background, cell), or for the K classes of ``classes``; default
+        :func:`class_balance_weights` of this map.
+      classes: ``[H, W]`` class ids 0..K-1 (0 background) for K > 2 classes; w_c then follows
+        them, and the border term still separates touching instances of any class.
+      num_classes: K (with ``classes``).
       background_only: add the border term on background pixels only (the separating
         borders the paper wants learnt; inside a cell d1 = 0). False applies eq. 2 everywhere.
       tol: border terms below ``tol`` are dropped (each cell's distances are computed within
@@ -168,13 +172,17 @@ def weight_map(labels, w0: float = 10.0, sigma: float = 5.0, binary: bool = Fals
     if instances.min(initial=0) < 0:
         raise ValueError("instance labels must be >= 0 (0 = background)")
     fg = (instances > 0).astype(np.int64)
-    wc = class_balance_weights(fg, 2) if class_weights is None else np.asarray(class_weights, np.float32)
-    w = wc[fg].astype(np.float64)
+    cls = fg if classes is None else np.asarray(classes, np.int64)
+    k = 2 if classes is None else num_classes
+    if cls.shape != instances.shape or cls.min(initial=0) < 0 or cls.max(initial=0) >= k:
+        raise ValueError(f"classes must be a [H, W] map of ids 0..{k - 1} like the labels {instances.shape}")
+    wc = class_balance_weights(cls, k) if class_weights is None else np.asarray(class_weights, np.float32)
+    w = wc[cls].astype(np.float64)
     cutoff = border_cutoff(w0, sigma, tol) if tol > 0 else np.inf
     d1, d2 = two_nearest_distances(instances, cutoff)
     with np.errstate(invalid="ignore", over="ignore"):
         border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma ** 2))
     border = np.nan_to_num(border, nan=0.0)
     if background_only:
-        border = border * (fg == 0)
+        border = border * (cls == 0)
     return (w + border).astype(np.float32)

@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     d.synthetic_size = 256  # synthetic_cells image size
     d.synthetic_train = 48  # synthetic_cells training images
     d.synthetic_test = 16  # synthetic_cells held-out images
+    d.mask_suffix = ""  # image_folder: NAME.tif pairs with NAME<mask_suffix>.* (e.g. "_mask")
+    d.mask_kind = "auto"  # image_folder: auto | classes | binary | instances
+    d.mask_values = ()  # image_folder: mask value (or RGB colour) of each class, e.g. (0, 128, 255)
     d.to_grey = False  # nuclei_dsb / image_folder: colour images become grey (else kept as channels)
     d.tile_size = 128  # training tile (network output) size
     d.eval_tile_size = 256  # inference tile (input) size

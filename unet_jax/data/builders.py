@@ -50,12 +50,26 @@ def make_example(image, labels, instances, name: str, config: "CellsConfig", kno
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
         image = image[..., None]
-    inst = instances if known else ndimage.label(labels > 0)[0]
+    k = config.num_classes
+    inst = instances if known else class_components(labels)
     return {"image": image, "labels": labels.astype(np.uint8),
             "instances": (instances if known else np.zeros_like(labels)).astype(np.int32),
             "weights": losses.weight_map(inst, config.w0, config.sigma,
-                                         class_weights=None if config.class_balance else (1.0, 1.0)),
+                                         class_weights=None if config.class_balance else np.ones(k),
+                                         classes=labels if k > 2 else None, num_classes=k),
             "name": name}
+
+
+def class_components(labels: np.ndarray) -> np.ndarray:
+    """Instances where only classes are known: the connected components of each class > 0,
+    numbered 1..N over all classes (two touching objects of different classes stay two)."""
+    out = np.zeros(labels.shape, np.int32)
+    for c in np.unique(labels):
+        if c == 0:
+            continue
+        comp, n = ndimage.label(labels == c)
+        out[comp > 0] = comp[comp > 0] + out.max()
+    return out
 
 
 def normalise(arr: np.ndarray) -> np.ndarray:
@@ -91,7 +105,9 @@ def to_channels(arr: np.ndarray, channels: int, path, to_grey: bool = False) -> 
         return arr
     if c == 1 and channels == 3:
         return np.repeat(arr, 3, -1)
-    if c == 3 and channels == 1 and (to_grey or (np.ptp(arr, axis=-1) == 0).all()):
+    if c == 3 and channels == 1 and (np.ptp(arr, axis=-1) == 0).all():
+        return arr[..., :1]  # grey stored as RGB
+    if c == 3 and channels == 1 and to_grey:
         return arr.mean(-1, keepdims=True)
     hint = " or --config.data.to_grey=True" if c == 3 and channels == 1 else ""
     raise ValueError(f"{path}: the image has {c} channels, the model expects {channels} "
@@ -112,6 +128,9 @@ class CellsConfig(tfds.core.BuilderConfig):
     w0: float = 10.0  # weight map border weight
     sigma: float = 5.0  # weight map border width (pixels)
     class_balance: bool = True  # w_c balances the class frequencies (paper); False: w_c = 1
+    mask_suffix: str = ""  # image_folder: NAME.tif pairs with NAME{mask_suffix}.* (e.g. "_mask")
+    mask_kind: str = "auto"  # image_folder: auto | classes | binary | instances
+    mask_values: tuple = ()  # image_folder: the mask value (or RGB colour) of each class 0..K-1
 
 
 class _Base(tfds.core.GeneratorBasedBuilder):
@@ -191,7 +210,7 @@ class NucleiDsb(_Base):
                 raise ValueError(f"{sample / 'masks'}: no mask files for image {img_path.name}")
             inst = np.zeros(image.shape[:2], np.int32)
             for i, mp in enumerate(masks, start=1):
-                m = readers.read_image(mp)
+                m = readers.read_image(mp, indices=True)
                 if m.ndim == 3:
                     m = m[..., 0]
                 if m.shape != inst.shape:
@@ -206,17 +225,31 @@ class NucleiDsb(_Base):
 
 
 class ImageFolder(_Base):
-    """A user's ``images/`` and ``masks/`` folders (PNG, TIFF incl. 16-bit, JPEG), paired by
-    file stem. Masks hold class ids 0..K-1, or 0/255 for a binary mask."""
+    """A user's images and masks, paired by file stem: ``images/NAME.*`` with ``masks/NAME.*``,
+    or with ``mask_suffix`` ``NAME{suffix}.*`` in ``masks/`` or next to the image.
+
+    Masks (``mask_kind``): class ids 0..K-1 (palette images give their indices), 0/255 for a
+    binary mask, or an instance label image (0 background, 1..N objects). ``auto``: 0/255 is
+    binary (K = 2), values < K are class ids, and with K = 2 a 16- or 32-bit image with larger
+    values is instances (8-bit instance images need ``mask_kind="instances"``). ``mask_values`` maps grey values or RGB colours to
+    classes (class c = ``mask_values[c]``). An RGB mask needs equal channels or that map.
+    Images of any size mix; a mismatch names the file.
+    """
 
     def _read_all(self):
         c = self.builder_config
         root = Path(c.source_dir)
-        idir, mdir = root / "images", root / "masks"
-        if not idir.is_dir() or not mdir.is_dir():
-            raise ValueError(f"source_dir {root}: expected images/ and masks/ folders")
-        images = {p.stem: p for p in sorted(idir.iterdir()) if p.suffix.lower() in readers.IMAGE_SUFFIXES}
-        masks = {p.stem: p for p in sorted(mdir.iterdir()) if p.suffix.lower() in readers.IMAGE_SUFFIXES}
+        idir = root / "images"
+        mdir = root / "masks" if (root / "masks").is_dir() else idir if c.mask_suffix else None
+        if not idir.is_dir() or mdir is None:
+            raise ValueError(f"source_dir {root}: expected images/ and masks/ folders "
+                             f"(or images/ holding NAME and NAME<mask_suffix> files)")
+        files = [p for p in sorted(idir.iterdir()) if p.suffix.lower() in readers.IMAGE_SUFFIXES]
+        suffix = c.mask_suffix
+        masks = {p.stem[: len(p.stem) - len(suffix)] if suffix else p.stem: p
+                 for p in sorted(mdir.iterdir()) if p.suffix.lower() in readers.IMAGE_SUFFIXES
+                 and (not suffix or p.stem.endswith(suffix))}
+        images = {p.stem: p for p in files if not (suffix and p.stem.endswith(suffix))}
         for stem, mp in masks.items():
             if stem not in images:
                 raise ValueError(f"{mp}: mask has no image {stem}.* in {idir}")
@@ -225,23 +258,68 @@ class ImageFolder(_Base):
         exs = []
         for stem, ip in images.items():
             if stem not in masks:
-                raise ValueError(f"{ip}: image has no mask {stem}.* in {mdir}")
+                raise ValueError(f"{ip}: image has no mask {stem}{suffix}.* in {mdir}")
             image = to_channels(normalise(readers.read_image(ip)), c.channels, ip, c.to_grey)
-            mask = readers.read_image(masks[stem])
-            if mask.ndim == 3:
-                mask = mask[..., 0]
-            if mask.shape != image.shape[:2]:
-                raise ValueError(f"{masks[stem]}: mask is {mask.shape[0]}x{mask.shape[1]}, image "
+            mp = masks[stem]
+            labels, inst = mask_to_classes(readers.read_image(mp, indices=True), mp, c.num_classes, c.mask_kind,
+                                           c.mask_values)
+            if labels.shape != image.shape[:2]:
+                raise ValueError(f"{mp}: mask is {labels.shape[0]}x{labels.shape[1]}, image "
                                  f"{ip.name} is {image.shape[0]}x{image.shape[1]}")
-            values = np.unique(mask)
-            if c.num_classes == 2 and set(values.tolist()) <= {0, 255}:
-                mask = (mask > 0).astype(np.uint8)
-            elif values.min() < 0 or values.max() >= c.num_classes:
-                raise ValueError(f"{masks[stem]}: mask values {values.min()}..{values.max()} outside "
-                                 f"the class range 0..{c.num_classes - 1} (or 0/255 for binary)")
-            exs.append((stem, make_example(image, mask.astype(np.uint8), None, ip.name, c,
-                                           known=False)))
+            exs.append((stem, make_example(image, labels, inst, ip.name, c, known=inst is not None)))
         return {"train": exs}
+
+
+MASK_KINDS = ("auto", "classes", "binary", "instances")
+
+
+def mask_to_classes(mask: np.ndarray, path, num_classes: int, kind: str = "auto", values=()):
+    """A mask file's array -> (class ids [H, W] uint8, instances [H, W] or None).
+
+    Raises:
+      ValueError: naming ``path`` and the values found when they fit no reading.
+    """
+    if kind not in MASK_KINDS:
+        raise ValueError(f"mask_kind must be one of {MASK_KINDS}, got {kind!r}")
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] == 4 and np.ptp(mask[..., 3]) == 0:
+        mask = mask[..., :3]  # opaque alpha
+    colours = values and np.ndim(values[0]) == 1
+    if mask.ndim == 3 and not colours:
+        if (np.ptp(mask, axis=-1) != 0).any():
+            found = np.unique(mask.reshape(-1, mask.shape[-1]), axis=0)[:6].tolist()
+            raise ValueError(f"{path}: an RGB mask with differing channels (colours {found}...); give "
+                             f"--config.data.mask_values as one colour per class")
+        mask = mask[..., 0]
+    if mask.ndim != (3 if colours else 2):
+        raise ValueError(f"{path}: expected a {'colour' if colours else '2-D'} mask, got shape {mask.shape}")
+    if values:
+        table = np.asarray(values).reshape(len(values), -1)
+        flat = mask.reshape(mask.shape[0], mask.shape[1], -1)
+        out = np.full(mask.shape[:2], -1, np.int64)
+        for cls, v in enumerate(table):
+            out[(flat == v).all(-1)] = cls
+        if (out < 0).any():
+            found = np.unique(flat[out < 0].reshape(-1, table.shape[1]), axis=0)[:6].tolist()
+            raise ValueError(f"{path}: mask values {found} are not in mask_values {list(values)}")
+        return _check_classes(out, path, num_classes), None
+    found = np.unique(mask)
+    if kind == "binary" or (kind == "auto" and num_classes == 2 and set(found.tolist()) <= {0, 255}):
+        return (mask > 0).astype(np.uint8), None
+    wide = np.issubdtype(mask.dtype, np.integer) and mask.dtype.itemsize > 1  # 16-bit label images
+    if kind == "instances" or (kind == "auto" and num_classes == 2 and found.max() >= 2 and wide):
+        if num_classes != 2:
+            raise ValueError(f"{path}: instance masks give 2 classes, the model has {num_classes}")
+        return (mask > 0).astype(np.uint8), mask.astype(np.int32)
+    return _check_classes(mask, path, num_classes), None
+
+
+def _check_classes(mask, path, num_classes):
+    lo, hi = int(mask.min()), int(mask.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{path}: mask values {lo}..{hi} outside the class range 0..{num_classes - 1} "
+                         f"(give --config.data.mask_values, or --config.model.num_classes)")
+    return mask.astype(np.uint8)
 
 
 _CLASSES = {"synthetic_cells": SyntheticCells, "isbi2012": Isbi2012, "nuclei_dsb": NucleiDsb,
@@ -339,8 +417,14 @@ def dataset_options(config, dataset: str) -> dict:
         options["channels"] = config.model.in_channels
         if d.get("to_grey", False):
             options["to_grey"] = True
-    if dataset == "image_folder" and config.model.num_classes != 2:
-        options["num_classes"] = config.model.num_classes
+    if dataset == "image_folder":
+        if config.model.num_classes != 2:
+            options["num_classes"] = config.model.num_classes
+        for key, default in (("mask_suffix", ""), ("mask_kind", "auto"), ("mask_values", ())):
+            value = d.get(key, default)
+            if value not in (default, None, [], ()):
+                options[key] = tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in value) \
+                    if key == "mask_values" else value
     return options
 
 

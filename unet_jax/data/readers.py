@@ -18,9 +18,10 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp", ".we
 MAX_CHANNELS = 4  # an unnamed TIFF axis this short is a channel axis
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, indices: bool = False) -> np.ndarray:
     """Reads one image file: [H, W], [H, W, C] (channels last), or [N, H, W(, C)] for a TIFF
-    stack. Palette images (PNG, GIF) give their palette indices.
+    stack. A palette image (PNG, GIF) gives its colours ([H, W] when they are greys), or with
+    ``indices`` (masks) its palette indices.
 
     Raises:
       ValueError: naming the file when it is missing, empty or not a readable image.
@@ -37,7 +38,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             from PIL import Image
 
             with Image.open(path) as im:
-                arr = np.asarray(im)  # "P" (palette) mode: the indices
+                if im.mode in ("P", "PA") and not indices:
+                    im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
+                arr = np.asarray(im)
+            if not indices and arr.ndim == 3 and arr.shape[-1] == 3 and (np.ptp(arr, axis=-1) == 0).all():
+                arr = arr[..., 0]  # a grey palette
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
