@@ -4,8 +4,13 @@
     python -m experiments.unet_predict --workdir runs/ --input folder/ --output out/ --tta
     python -m experiments.unet_predict --workdir runs/ --input stack.tif --output out/
 
+    python -m experiments.unet_predict --workdir runs/ --input folder/ --output out/ --instances
+
 Writes NAME_mask.png (0/255 for two classes, else class ids), NAME_prob.tif (float32
-[K, H, W]) and NAME_overlay.png; a TIFF stack gives NAME_mask.tif / NAME_prob.tif stacks.
+[K, H, W]) and NAME_overlay.png (for K > 2 classes, each class in its colour with a legend); a
+TIFF stack gives NAME_mask.tif / NAME_prob.tif stacks. ``--instances`` adds NAME_instances.tif,
+a 16-bit label image (0 background, objects 1..N) that Fiji and napari open, made as the run's
+``config.instances`` says (or ``--instances_mode``).
 """
 import sys
 from pathlib import Path
@@ -20,6 +25,9 @@ flags.DEFINE_string("input", None, "An image, a folder of images, or a TIFF stac
 flags.DEFINE_string("output", None, "Output folder.", required=True)
 flags.DEFINE_bool("tta", False, "Average over the 8 flips / 90 degree rotations.")
 flags.DEFINE_integer("tile_size", 0, "Input tile size (0: the run's evaluation tile).")
+flags.DEFINE_bool("instances", False, "Also write NAME_instances.tif (16-bit object labels).")
+flags.DEFINE_enum("instances_mode", None, ["components", "watershed", "interior"],
+                  "How objects are separated (default: the run's config.instances.mode).")
 
 
 def main(argv):
@@ -47,7 +55,7 @@ def main(argv):
             arr = readers.read_image(f)
             stack = readers.is_stack(arr)
             slices = list(arr) if stack else [arr]
-            images, masks, probs = [], [], []
+            images, masks, probs, objects = [], [], [], []
             for s in slices:
                 image = builders.to_channels(builders.normalise(s), config.model.in_channels, f,
                                              config.data.get("to_grey", False))
@@ -56,14 +64,29 @@ def main(argv):
                 images.append(image)
                 masks.append(mask * 255 if k == 2 else mask)
                 probs.append(np.moveaxis(p, -1, 0).astype(np.float32))
-            _write(out, f.stem, stack, images, masks, probs)
+                if FLAGS.instances:
+                    objects.append(_instances(config, p))
+            _write(out, f.stem, stack, images, masks, probs, objects, k)
             print(f"{f} -> {out / f.stem}_mask.{'tif' if stack else 'png'}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
-def _write(out: Path, stem: str, stack: bool, images, masks, probs) -> None:
+def _instances(config, probs: np.ndarray) -> np.ndarray:
+    from unet_jax import evaluation
+
+    if FLAGS.instances_mode:
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.instances.mode = FLAGS.instances_mode
+    labels = evaluation.predicted_instances(config, probs)
+    if labels.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"{labels.max()} objects do not fit a 16-bit label image")
+    return labels.astype(np.uint16)
+
+
+def _write(out: Path, stem: str, stack: bool, images, masks, probs, objects, k: int) -> None:
     """Writes one input's outputs; if any write fails (a full disk), removes the ones written."""
     import tifffile
     from PIL import Image
@@ -84,9 +107,15 @@ def _write(out: Path, stem: str, stack: bool, images, masks, probs) -> None:
         else:
             Image.fromarray(masks[0]).save(target(f"{stem}_mask.png"))
             tifffile.imwrite(target(f"{stem}_prob.tif"), probs[0])
+        if objects:
+            tifffile.imwrite(target(f"{stem}_instances.tif"), np.stack(objects) if stack else objects[0],
+                             imagej=True)
         for i, (image, p) in enumerate(zip(images, probs)):
-            plots.prediction_overlays([(image, np.zeros(p.shape[1:]), p[1:].sum(0))],
-                                      target(f"{stem}{f'_{i:03d}' if stack else ''}_overlay.png"))
+            name = target(f"{stem}{f'_{i:03d}' if stack else ''}_overlay.png")
+            if k > 2:
+                plots.class_overlay(image, p.argmax(0), k, name)
+            else:
+                plots.prediction_overlays([(image, np.zeros(p.shape[1:]), p[1:].sum(0))], name)
     except OSError as e:
         for path in written:
             if not path.is_symlink():

@@ -111,16 +111,28 @@ def test_predict_cli_writes_masks_probabilities_and_overlays(trained, tmp_path):
     Image.fromarray((np.random.default_rng(0).random((70, 80)) * 255).astype(np.uint8)).save(inp / "a.png")
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "tiny.png")
     (tmp_path / "notes.png").write_text("not an image")
-    proc = _predict_cli("--workdir", str(trained), "--input", str(inp), "--output", str(tmp_path / "out"))
+    proc = _predict_cli("--workdir", str(trained), "--input", str(inp), "--output", str(tmp_path / "out"),
+                        "--instances", "--instances_mode=components")
     assert proc.returncode == 0, proc.stderr[-2000:]
     mask = np.asarray(Image.open(tmp_path / "out" / "a_mask.png"))
-    assert mask.shape == (70, 80) and set(np.unique(mask)) <= {0, 255}
     import tifffile
+    from scipy import ndimage
+
+    objects = tifffile.imread(tmp_path / "out" / "a_instances.tif")  # as Fiji reads it
+    assert objects.dtype == np.uint16 and objects.shape == (70, 80)
+    ref = ndimage.label(mask > 0)[0]  # components of at least config.instances.min_size pixels
+    sizes = np.bincount(ref.ravel())
+    ref[np.isin(ref, np.nonzero(sizes < 10)[0])] = 0
+    np.testing.assert_array_equal(objects > 0, ref > 0)
+    assert len(np.unique(objects)) == len(np.unique(ref))
+    assert mask.shape == (70, 80) and set(np.unique(mask)) <= {0, 255}
     prob = tifffile.imread(tmp_path / "out" / "a_prob.tif")
     assert prob.shape == (2, 70, 80)
     np.testing.assert_allclose(prob.sum(0), 1, atol=1e-5)
     np.testing.assert_array_equal(mask, prob.argmax(0).astype(np.uint8) * 255)  # the mask of those
     assert (tmp_path / "out" / "a_overlay.png").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_instances.tif", "a_mask.png", "a_overlay.png", "a_prob.tif"]
     # an image smaller than one tile is mirror-padded, not refused
     proc = _predict_cli("--workdir", str(trained), "--input", str(tmp_path / "tiny.png"), "--output",
                         str(tmp_path / "out_tiny"))

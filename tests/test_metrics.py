@@ -241,6 +241,11 @@ def test_instance_metrics_against_brute_force(seed):
     tp, fp, fn = _brute_matches(t, p, 0.5)
     assert got["precision@0.5"] == pytest.approx(tp / (tp + fp))
     assert got["recall@0.5"] == pytest.approx(tp / (tp + fn))
+    assert got["ap@0.5"] == pytest.approx(tp / (tp + fp + fn))
+    pair_ious = [np.sum((t == i) & (p == j)) / np.sum((t == i) | (p == j))
+                 for i in range(1, t.max() + 1) for j in range(1, p.max() + 1) if np.any((t == i) & (p == j))]
+    matched = sum(v for v in pair_ious if v > 0.5)
+    assert got["pq"] == pytest.approx(matched / (tp + fp / 2 + fn / 2))
 
 
 def test_bad_input():

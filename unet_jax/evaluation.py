@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from unet_jax import checkpoint, inference, metrics, unet
+from unet_jax import checkpoint, inference, instances, metrics, unet
 
 THRESHOLDS = metrics.THRESHOLDS  # 0.01 ... 0.99, 0.5 exactly among them
 
@@ -118,9 +118,9 @@ def evaluate(config, predict, source, *, tta: bool = False, quick: bool = False,
     A full evaluation (``quick=False``) adds ``rand_error_coarse`` (over 0.05 ... 0.95),
     ``rand_error_bg_segment`` (predicted borders as one segment), ``rand_error_thinned``
     (singletons after border thinning), ``pixel_error_best_threshold`` (each image's best of
-    0.01 ... 0.99), ``warping_error`` (unless ``warping=False``), instance metrics where the data
-    has instances and, given ``threshold`` (:func:`calibrate_threshold`),
-    ``pixel_error_calibrated``.
+    0.01 ... 0.99), ``warping_error`` (unless ``warping=False``), instance metrics of
+    :func:`predicted_instances` where the data has instances and, given ``threshold``
+    (:func:`calibrate_threshold`), ``pixel_error_calibrated``.
 
     Returns:
       (metrics, samples): samples are (image, labels, foreground probability) of the first 4.
@@ -152,13 +152,20 @@ def evaluate(config, predict, source, *, tta: bool = False, quick: bool = False,
             if warping:
                 row["warping_error"] = metrics.warping_error(fg, truth)["error"]
             if ex["instances"].max() > 0:
-                row.update(metrics.instance_metrics(ex["instances"], metrics.segments(fg > 0.5)))
+                row.update(metrics.instance_metrics(ex["instances"], predicted_instances(config, probs)))
         rows.append(row)
         if len(samples) < 4:
             samples.append((ex["image"], ex["labels"], fg))
     keys = sorted({key for r in rows for key in r})
     summary = {key: float(np.mean([r[key] for r in rows if key in r])) for key in keys}
     return {"images": len(rows), **summary}, samples
+
+
+def predicted_instances(config, probs: np.ndarray) -> np.ndarray:
+    """One image's instance labels by the run's ``config.instances`` (default: watershed)."""
+    cfg = config.get("instances") or {}
+    return instances.from_probs(probs, cfg.get("mode", "watershed"), cfg.get("min_size", 0),
+                                cfg.get("min_distance", 4))
 
 
 def table1(results: dict, name: str = "unet_jax") -> str:

@@ -293,10 +293,13 @@ def match_counts(iou: np.ndarray, threshold: float) -> tuple[int, int, int]:
 
 
 def instance_metrics(true_inst, pred_inst) -> dict:
-    """Precision / recall / F1 at IoU 0.5 and the Data Science Bowl 2018 score: the mean over
-    IoU thresholds 0.5, 0.55, ..., 0.95 of TP / (TP + FP + FN)."""
+    """Precision / recall / F1 at IoU 0.5; ``ap@0.5`` = TP / (TP + FP + FN) at IoU 0.5; the Data
+    Science Bowl 2018 score ``dsb_map``: that AP averaged over IoU 0.5, 0.55, ..., 0.95; and
+    panoptic quality ``pq`` = (sum of the matched pairs' IoU) / (TP + FP / 2 + FN / 2)."""
     iou = iou_matrix(true_inst, pred_inst)
     tp, fp, fn = match_counts(iou, 0.5)
+    matched = iou[iou > 0.5]
+    pq = float(matched.sum() / (tp + fp / 2 + fn / 2)) if tp + fp + fn else 1.0
     precision = tp / (tp + fp) if tp + fp else 1.0
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -304,5 +307,5 @@ def instance_metrics(true_inst, pred_inst) -> dict:
     for t in np.arange(0.5, 1.0, 0.05):
         a, b, c = match_counts(iou, t)
         scores.append(a / (a + b + c) if a + b + c else 1.0)
-    return {"precision@0.5": precision, "recall@0.5": recall, "f1@0.5": f1,
-            "dsb_map": float(np.mean(scores)), "n_true": iou.shape[0], "n_pred": iou.shape[1]}
+    return {"precision@0.5": precision, "recall@0.5": recall, "f1@0.5": f1, "ap@0.5": scores[0],
+            "dsb_map": float(np.mean(scores)), "pq": pq, "n_true": iou.shape[0], "n_pred": iou.shape[1]}

@@ -64,6 +64,30 @@ def prediction_overlays(samples, path: str | os.PathLike) -> None:
     _save(plt, fig, path, 80)
 
 
+CLASS_COLOURS = ((0.0, 0.0, 0.0), (0.9, 0.1, 0.1), (0.1, 0.7, 0.2), (0.15, 0.35, 0.95), (0.95, 0.75, 0.1),
+                 (0.75, 0.2, 0.8), (0.1, 0.8, 0.8), (0.95, 0.5, 0.2))
+
+
+def class_overlay(image, class_ids, num_classes: int, path: str | os.PathLike, alpha: float = 0.45) -> None:
+    """The image with each predicted class (1..K-1) tinted in its own colour, and a legend
+    naming the classes (background untinted)."""
+    from matplotlib.patches import Patch
+
+    plt = pyplot()
+    img = np.asarray(image, np.float32)
+    grey = img.mean(-1) if img.ndim == 3 else img
+    rgb = np.repeat(grey[..., None], 3, -1)
+    ids = np.asarray(class_ids)
+    colours = np.asarray([CLASS_COLOURS[c % len(CLASS_COLOURS)] if c else (0, 0, 0) for c in range(num_classes)])
+    tinted = np.where((ids > 0)[..., None], (1 - alpha) * rgb + alpha * colours[ids], rgb)
+    fig, ax = plt.subplots(1, 1, figsize=(8, 8 * ids.shape[0] / max(ids.shape[1], 1) + 0.6))
+    ax.imshow(np.clip(tinted, 0, 1))
+    ax.legend(handles=[Patch(color=colours[c], label=f"class {c}") for c in range(1, num_classes)],
+              loc="upper right", fontsize=8, framealpha=0.8)
+    ax.axis("off")
+    _save(plt, fig, path, 80)
+
+
 def training_curves(history: list[dict], path: str | os.PathLike) -> None:
     """Training loss and (when present) validation Dice / pixel error against the step."""
     plt = pyplot()

@@ -16,7 +16,7 @@ RESUMABLE_CHANGES = {"num_steps", "log_every", "eval_every", "checkpoint_every",
                      "progress", "loader_workers", "loader_threads", "parallel", "coordinator",
                      "num_processes", "process_id", "stop_after", "eval_tta", "eval_batch_tiles",
                      "time_budget_s", "max_nonfinite_steps", "heartbeat_timeout_s",
-                     "async_checkpoints"}
+                     "async_checkpoints", "instances"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -118,10 +118,10 @@ def check_counts(config) -> None:
 
 def check_compatible(saved: dict, current: dict, path) -> None:
     """Raises ValueError naming the first fields in which a resumed run's config differs from
-    the one its checkpoint ``path`` was written with, except :data:`RESUMABLE_CHANGES`."""
+    the one its checkpoint ``path`` was written with, except :data:`RESUMABLE_CHANGES` and
+    fields the saved config lacks (added since, at defaults that keep the old behaviour)."""
     a, b = _flat(saved), _flat(current)
-    diff = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in RESUMABLE_CHANGES
-                  and a.get(k) != b.get(k))
+    diff = sorted(k for k in a if k.split(".")[0] not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
     if diff:
         detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
         raise ValueError(f"workdir checkpoint {path} was written with a different config ({detail}); "

@@ -55,6 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
     a.contrast = 0.2
     a.gamma = 0.3
 
+    c.instances = i = ml_collections.ConfigDict()  # objects from the predictions (unet_predict
+    i.mode = "watershed"  # --instances, instance metrics): components | watershed | interior
+    i.min_size = 10  # objects below this many pixels are dropped
+    i.min_distance = 4  # watershed: seeds at least this far apart (pixels)
+
     c.loss = "weighted_ce"  # ce | weighted_ce (paper) | dice_ce
     c.optim = o = ml_collections.ConfigDict()
     o.name = "adam"  # sgd | adam | adamw

@@ -1,0 +1,59 @@
+"""Instances from probabilities: touching objects split, small ones dropped, against geometry
+and a brute-force relabelling."""
+import numpy as np
+import pytest
+
+from unet_jax import instances, metrics
+
+YY, XX = np.mgrid[:40, :64]
+LEFT = (YY - 20) ** 2 + (XX - 20) ** 2 <= 12 ** 2
+RIGHT = (YY - 20) ** 2 + (XX - 42) ** 2 <= 12 ** 2  # overlaps LEFT: one blob with a neck
+
+
+def _each_disc_found(labels):
+    ids = [i for i in np.unique(labels) if i]
+    best = [max(np.sum((labels == i) & d) / np.sum((labels == i) | d) for i in ids) for d in (LEFT, RIGHT)]
+    return len(ids), min(best)
+
+
+def test_watershed_splits_two_touching_discs_into_exactly_two():
+    prob = (LEFT | RIGHT).astype(np.float64)
+    assert _each_disc_found(instances.components(prob > 0.5))[0] == 1  # merged
+    n, iou = _each_disc_found(instances.watershed(prob))
+    assert n == 2 and iou > 0.9
+    soft = np.clip(prob - 0.3 * (LEFT & RIGHT), 0, 1)  # a lower probability along the contact
+    n, iou = _each_disc_found(instances.from_probs(np.stack([1 - soft, soft], -1), "watershed"))
+    assert n == 2 and iou > 0.9
+
+
+def test_interior_mode_grows_interior_seeds_over_the_border_class():
+    """3 classes: interior (eroded discs) and border; the border ring joins its own disc."""
+    from scipy import ndimage
+
+    interior = ndimage.binary_erosion(LEFT, iterations=3) | ndimage.binary_erosion(RIGHT, iterations=3)
+    interior &= ~ndimage.binary_dilation(LEFT & RIGHT, iterations=3)
+    border = (LEFT | RIGHT) & ~interior
+    probs = np.stack([~(LEFT | RIGHT), interior, border], -1).astype(np.float64)
+    n, iou = _each_disc_found(instances.from_probs(probs, "interior"))
+    assert n == 2 and iou > 0.85
+    with pytest.raises(ValueError, match="needs 3 classes"):
+        instances.from_probs(probs[..., :2], "interior")
+
+
+def test_min_size_and_relabel_against_brute_force():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 9, (30, 30)) * (rng.uniform(size=(30, 30)) < 0.5)
+    got = instances.relabel(labels, min_size=50)
+    kept = [i for i in range(1, 9) if np.sum(labels == i) >= 50]
+    ref = np.zeros_like(labels)
+    for new, old in enumerate(kept, start=1):
+        ref[labels == old] = new
+    np.testing.assert_array_equal(got, ref)
+    assert instances.components(np.pad(LEFT, 2), min_size=LEFT.sum() + 1).max() == 0
+
+
+def test_perfect_instances_score_one():
+    truth = metrics.segments(LEFT) + 2 * metrics.segments(RIGHT & ~LEFT)
+    truth = instances.relabel(truth)
+    got = metrics.instance_metrics(truth, truth)
+    assert got["dsb_map"] == 1.0 and got["pq"] == 1.0 and got["ap@0.5"] == 1.0
