@@ -213,9 +213,15 @@ def test_mirrored_context_matches_numpy_pad(mode, c):
     np.testing.assert_array_equal(tile["labels"], np.pad(ex["labels"], c, mode=mode))
 
 
-def test_tile_smaller_image_is_an_error():
-    with pytest.raises(ValueError, match="smaller than the 16x16 training tile"):
-        loader.random_tile(_id_source(1, size=8)[0], np.random.default_rng(0), loader.TileConfig(out_size=16))
+def test_an_image_smaller_than_the_tile_is_mirrored_out_with_zero_weight():
+    rng = np.random.default_rng(0)
+    ex = {"image": rng.random((8, 10, 2), np.float32), "labels": rng.integers(0, 3, (8, 10)).astype(np.uint8),
+          "weights": rng.random((8, 10), np.float32)}
+    tile = loader.random_tile(ex, rng, loader.TileConfig(out_size=16))
+    pads = ((4, 4), (3, 3))
+    np.testing.assert_array_equal(tile["image"], np.pad(ex["image"], pads + ((0, 0),), mode="reflect"))
+    np.testing.assert_array_equal(tile["labels"], np.pad(ex["labels"], pads, mode="reflect"))
+    np.testing.assert_array_equal(tile["weights"], np.pad(ex["weights"], pads))  # the added pixels count 0
 
 
 # ------------------------------------------------------------------ augmentation

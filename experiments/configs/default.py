@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.mask_suffix = ""  # image_folder: NAME.tif pairs with NAME<mask_suffix>.* (e.g. "_mask")
     d.mask_kind = "auto"  # image_folder: auto | classes | binary | instances
     d.mask_values = ()  # image_folder: mask value (or RGB colour) of each class, e.g. (0, 128, 255)
+    d.targets = "classes"  # with instance masks: classes | interior_border (3 classes, DSB 2018 style)
     d.to_grey = False  # nuclei_dsb / image_folder: colour images become grey (else kept as channels)
     d.tile_size = 128  # training tile (network output) size
     d.eval_tile_size = 256  # inference tile (input) size

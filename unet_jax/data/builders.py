@@ -60,6 +60,18 @@ def make_example(image, labels, instances, name: str, config: "CellsConfig", kno
             "name": name}
 
 
+def interior_border(instances: np.ndarray) -> np.ndarray:
+    """3-class targets of an instance map, as the 2018 Data Science Bowl winners trained: 0
+    background, 2 the pixels of an object next to the background or another object (its inner
+    border), 1 the rest of it (its interior). Touching objects then have separate interiors."""
+    from skimage.segmentation import find_boundaries
+
+    inst = np.asarray(instances)
+    out = (inst > 0).astype(np.uint8)
+    out[find_boundaries(inst, mode="inner") & (inst > 0)] = 2
+    return out
+
+
 def class_components(labels: np.ndarray) -> np.ndarray:
     """Instances where only classes are known: the connected components of each class > 0,
     numbered 1..N over all classes (two touching objects of different classes stay two)."""
@@ -124,13 +136,14 @@ class CellsConfig(tfds.core.BuilderConfig):
     num_test: int = 16  # synthetic_cells: held-out images
     channels: int = 1  # nuclei_dsb / image_folder: the model's input channels
     to_grey: bool = False  # nuclei_dsb / image_folder: colour images become grey
-    num_classes: int = 2  # image_folder: classes in the masks
+    num_classes: int = 2  # nuclei_dsb / image_folder: the model's classes
     w0: float = 10.0  # weight map border weight
     sigma: float = 5.0  # weight map border width (pixels)
     class_balance: bool = True  # w_c balances the class frequencies (paper); False: w_c = 1
     mask_suffix: str = ""  # image_folder: NAME.tif pairs with NAME{mask_suffix}.* (e.g. "_mask")
     mask_kind: str = "auto"  # image_folder: auto | classes | binary | instances
     mask_values: tuple = ()  # image_folder: the mask value (or RGB colour) of each class 0..K-1
+    targets: str = "classes"  # with instances: "interior_border" trains 3 classes (see below)
 
 
 class _Base(tfds.core.GeneratorBasedBuilder):
@@ -217,8 +230,8 @@ class NucleiDsb(_Base):
                     raise ValueError(f"{mp}: mask is {m.shape[0]}x{m.shape[1]}, image "
                                      f"{img_path.name} is {inst.shape[0]}x{inst.shape[1]}")
                 inst[(m > 0) & (inst == 0)] = i
-            exs.append((sample.name, make_example(image, (inst > 0).astype(np.uint8), inst,
-                                                  sample.name, c)))
+            labels = interior_border(inst) if c.targets == "interior_border" else (inst > 0).astype(np.uint8)
+            exs.append((sample.name, make_example(image, labels, inst, sample.name, c)))
         if not exs:
             raise ValueError(f"source_dir {root}: no <id>/images/<id>.png samples found")
         return {"train": exs}
@@ -266,6 +279,11 @@ class ImageFolder(_Base):
             if labels.shape != image.shape[:2]:
                 raise ValueError(f"{mp}: mask is {labels.shape[0]}x{labels.shape[1]}, image "
                                  f"{ip.name} is {image.shape[0]}x{image.shape[1]}")
+            if c.targets == "interior_border":
+                if inst is None:
+                    raise ValueError(f"{mp}: targets 'interior_border' need instance masks "
+                                     f"(mask_kind 'instances')")
+                labels = interior_border(inst)
             exs.append((stem, make_example(image, labels, inst, ip.name, c, known=inst is not None)))
         return {"train": exs}
 
@@ -308,8 +326,6 @@ def mask_to_classes(mask: np.ndarray, path, num_classes: int, kind: str = "auto"
         return (mask > 0).astype(np.uint8), None
     wide = np.issubdtype(mask.dtype, np.integer) and mask.dtype.itemsize > 1  # 16-bit label images
     if kind == "instances" or (kind == "auto" and num_classes == 2 and found.max() >= 2 and wide):
-        if num_classes != 2:
-            raise ValueError(f"{path}: instance masks give 2 classes, the model has {num_classes}")
         return (mask > 0).astype(np.uint8), mask.astype(np.int32)
     return _check_classes(mask, path, num_classes), None
 
@@ -415,11 +431,13 @@ def dataset_options(config, dataset: str) -> dict:
         options.update(size=d.synthetic_size, num_train=d.synthetic_train, num_test=d.synthetic_test)
     if dataset in ("nuclei_dsb", "image_folder"):
         options["channels"] = config.model.in_channels
+        if d.get("targets", "classes") != "classes":
+            options["targets"] = d.targets
         if d.get("to_grey", False):
             options["to_grey"] = True
+    if dataset in ("nuclei_dsb", "image_folder") and config.model.num_classes != 2:
+        options["num_classes"] = config.model.num_classes
     if dataset == "image_folder":
-        if config.model.num_classes != 2:
-            options["num_classes"] = config.model.num_classes
         for key, default in (("mask_suffix", ""), ("mask_kind", "auto"), ("mask_values", ())):
             value = d.get(key, default)
             if value not in (default, None, [], ()):

@@ -36,13 +36,19 @@ def mirror_pad(a: np.ndarray, c: int, mode: str) -> np.ndarray:
 
 def random_tile(example: dict, rng: np.random.Generator, cfg: TileConfig) -> dict:
     """A random ``in_size`` tile of image, labels and weights (labels and weights with the same
-    mirrored context; the train step crops them to ``out_size`` after augmentation)."""
+    mirrored context; the train step crops them to ``out_size`` after augmentation). An image
+    smaller than the tile is first mirrored out to its size, the added pixels weighted 0 so
+    that only the real ones count in the loss."""
     image, labels, weights = example["image"], example["labels"], example["weights"]
     h, w = labels.shape
     t = cfg.out_size
     if h < t or w < t:
-        raise ValueError(f"example {example.get('name', b'?')!r} is {h}x{w}, smaller than the "
-                         f"{t}x{t} training tile")
+        pads = [((t - n) // 2, t - n - (t - n) // 2) if n < t else (0, 0) for n in (h, w)]
+        mode = "symmetric" if cfg.mirror == "symmetric" else "reflect"
+        image = np.pad(image, pads + [(0, 0)] * (image.ndim - 2), mode=mode)
+        labels = np.pad(labels, pads, mode=mode)
+        weights = np.pad(weights, pads)  # zeros
+        h, w = labels.shape
     if cfg.foreground_prob > 0 and rng.random() < cfg.foreground_prob and labels.any():
         ys, xs = np.nonzero(labels)
         k = rng.integers(len(ys))

@@ -1,0 +1,29 @@
+"""White blood cells (``../shared/data/wbc_dataset1``): 3 classes (background, cytoplasm,
+nucleus) from grey-level masks 0 / 128 / 255, RGB input, a fixed 80/20 split (images 1-240 /
+241-300 in file order).
+
+    python -m experiments.unet_segment --workdir runs/wbc --config experiments/configs/wbc.py \
+        --config.data.data_dir ../shared/data/wbc_dataset1
+"""
+from experiments.configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.model.num_classes = 3
+    c.model.in_channels = 3
+    c.data.dataset = "image_folder"
+    c.data.mask_values = (0, 128, 255)  # background, cytoplasm, nucleus
+    c.data.train_split = "train[:240]"
+    c.data.eval_split = "train[240:]"
+    c.data.tile_size = 96
+    c.data.eval_tile_size = 128
+    c.data.w0 = 0.0  # no separating borders to learn: one cell per image
+    c.augment.elastic_sigma = 6.0
+    c.loss = "dice_ce"
+    c.num_steps = 3000
+    c.eval_every = 500
+    c.eval_max_images = 20
+    c.checkpoint_every = 500
+    c.time_budget_s = 1740.0  # stays inside 30 minutes of training on 2 CPU cores
+    return c
