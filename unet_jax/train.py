@@ -423,6 +423,9 @@ class _TrainLog:
         if self.history and self.history[-1]["step"] == step:
             self.history[-1].update(line)
         if is_main:
+            per_class = sorted(k for k in val if k.startswith("dice_") and k != "dice_0")
+            classes = f" ({', '.join(f'class {k[5:]} {val[k]:.4f}' for k in per_class)})" \
+                if len(per_class) > 1 else ""
             echo(f"step {step}: {'final ' if final else ''}validation on {val['images']} images: "
-                 f"dice {val['dice']:.4f}, pixel error {val['pixel_error']:.4f}, "
+                 f"dice {val['dice']:.4f}{classes}, pixel error {val['pixel_error']:.4f}, "
                  f"rand error {val['rand_error']:.4f}")
