@@ -41,7 +41,7 @@ def _run(tmp_path, zero_channel_2: bool) -> dict:
     c.data.w0 = 0.0
     c.optim.name, c.optim.learning_rate, c.optim.warmup_steps = "adam", 1e-2, 0
     c.loss = "dice_ce"
-    c.num_steps, c.log_every, c.checkpoint_every = 150, 50, 150
+    c.num_steps, c.log_every, c.checkpoint_every = 80, 40, 80
     c.augment.enabled = False
     return train.train_and_evaluate(c, str(tmp_path / ("run_zeroed" if zero_channel_2 else "run")))
 
