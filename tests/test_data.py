@@ -111,6 +111,8 @@ def test_class_balance_option_sets_w_c(tmp_path):
     ("empty", "a.tif: empty file"),
     ("garbage", "a.tif: not a readable image"),
     ("classes", "a.png: mask values 0..7 outside the class range"),
+    ("rgb_mask", "a.png: an RGB mask with differing channels"),
+    ("mask_values", r"a.png: mask values \[\[255\]\] are not in mask_values \[0, 128\]"),
 ])
 def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, breakage, match):
     folder = tmp_path / "folder"
@@ -127,13 +129,18 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, breakage, match):
         (folder / "images" / "a.tif").write_bytes(b"")
     elif breakage == "garbage":
         (folder / "images" / "a.tif").write_bytes(b"not a tiff at all")
+    elif breakage == "rgb_mask":
+        colour = np.zeros((40, 48, 3), np.uint8)
+        colour[5:20, 5:20] = (255, 0, 0)
+        Image.fromarray(colour).save(folder / "masks" / "a.png")
     elif breakage == "classes":
         bad = np.full((40, 48), 7, np.uint8)
         bad[:5] = 0
         Image.fromarray(bad).save(folder / "masks" / "a.png")
     data_dir = tmp_path / "tfds"
+    options = {"mask_values": (0, 128)} if breakage == "mask_values" else {}
     with pytest.raises(ValueError, match=match):
-        builders.load("image_folder", data_dir, str(folder))
+        builders.load("image_folder", data_dir, str(folder), **options)
     assert not data_dir.exists()  # nothing prepared, not even the folder
     # fix the file and prepare again
     (folder / "images" / "a.tif").write_bytes(good_tif)
