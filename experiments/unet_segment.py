@@ -9,13 +9,10 @@ synthetic-cells dataset; flags scale it to several GPUs and SLURM nodes.
 A rerun on the same workdir resumes from its last checkpoint. ``--verbosity=1`` shows the
 libraries' INFO logs.
 """
-import sys
-
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import parallel, runtime, safety, train
+from unet_jax import runtime, safety, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).", required=True)
@@ -27,16 +24,7 @@ config_flags.DEFINE_config_file("config", "experiments/configs/default.py",
 def main(argv):
     del argv
     runtime.setup(FLAGS.verbosity)
-    try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (safety.NonFiniteLoss, RuntimeError, ValueError, OSError) as e:
-        message = str(e)
-        if isinstance(e, OSError):  # a full disk, a read-only folder
-            message = f"{e.filename or FLAGS.workdir}: {e.strerror or e}"
-        if jax.process_count() > 1:  # the others may be gone: skip JAX's shutdown barrier
-            parallel.exit_with_error(message)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
+    safety.run_or_exit(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 stop after non-finite steps (the trainer's use of them is tested end to end in test_train.py)."""
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,14 @@ def test_a_failed_start_removes_only_what_it_added(tmp_path):
     (old / "config.json").write_text("{}")
     (old / "checkpoints").mkdir()
     safety.remove_unfinished(old, before)
+    assert sorted(p.name for p in old.iterdir()) == ["mine"]
+    @safety.removes_unfinished
+    def failing(config, workdir):
+        (Path(workdir) / "metrics.jsonl").write_text("")
+        raise ValueError(config)
+
+    with pytest.raises(ValueError, match="bad"):
+        failing("bad", old)
     assert sorted(p.name for p in old.iterdir()) == ["mine"]
     (old / "checkpoints" / "4").mkdir(parents=True)
     (old / "metrics.jsonl").write_text("")

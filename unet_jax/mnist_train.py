@@ -21,7 +21,7 @@ import optax
 from flax.training import train_state
 
 from unet_jax import autoencoders as ae
-from unet_jax import checkpoint, cnn, ops, plots
+from unet_jax import checkpoint, cnn, ops, plots, safety
 from unet_jax.data import mnist
 from unet_jax.writers import MetricWriter, write_json
 
@@ -116,6 +116,7 @@ def check_counts(config) -> None:
             raise ValueError(f"--config.{name} must be >= 1, got {config[name]}")
 
 
+@safety.removes_unfinished
 def train_cnn(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains the digit CNN (``experiments/configs/cnn_mnist.py``); writes metrics.jsonl,
     summary.json, config.json and PNGs of predictions and the confusion matrix.
@@ -208,6 +209,7 @@ def denoising_mse(model, params, clean, rng, level: float) -> float:
     return float(np.mean((reconstruct_all(model, params, noisy) - clean) ** 2))
 
 
+@safety.removes_unfinished
 def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains one autoencoder or the VAE (``experiments/configs/autoencoder.py``); writes
     metrics.jsonl, an orbax checkpoint, PNGs, comparison.md and summary.json. Autoencoders are

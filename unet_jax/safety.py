@@ -4,6 +4,7 @@ non-finite steps in a row that names the step."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import shutil
 import signal
 import sys
@@ -59,16 +60,43 @@ def remove_unfinished(workdir: Path, before: set | None) -> None:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
+def removes_unfinished(train_fn: Callable) -> Callable:
+    """Decorates ``train_fn(config, workdir)``: when it fails, process 0 calls
+    :func:`remove_unfinished` on what the call added to ``workdir``."""
+
+    @functools.wraps(train_fn)
+    def wrapped(config, workdir):
+        path = Path(workdir)
+        before = set(path.iterdir()) if path.is_dir() else None
+        try:
+            return train_fn(config, workdir)
+        except BaseException:
+            import jax
+
+            if jax.process_index() == 0:
+                remove_unfinished(path, before)
+            raise
+
+    return wrapped
+
+
 def run_or_exit(train_fn: Callable, config, workdir: str):
     """``train_fn(config, workdir)`` for a CLI: a bad input (ValueError, RuntimeError, OSError)
-    ends the process with status 1 and one ``error:`` line, after :func:`remove_unfinished`."""
-    path = Path(workdir)
-    before = set(path.iterdir()) if path.is_dir() else None
+    ends the process with status 1 and one ``error:`` line. In a multi-process run the exit skips
+    JAX's shutdown barrier, which would wait for a process that may be gone."""
     try:
         return train_fn(config, workdir)
     except (ValueError, RuntimeError, OSError) as e:
-        remove_unfinished(path, before)
-        print(f"error: {e}", file=sys.stderr)
+        message = str(e)
+        if isinstance(e, OSError):  # a full disk, a read-only folder
+            message = f"{e.filename or workdir}: {e.strerror or e}"
+        import jax
+
+        from unet_jax import parallel
+
+        if jax.process_count() > 1:
+            parallel.exit_with_error(message)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
 
 

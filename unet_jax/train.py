@@ -198,27 +198,27 @@ def reduce_metrics(sums: dict) -> dict:
 _LOST_PEER_WORDS = ("Gloo", "NCCL", "peer", "heartbeat", "oordination")
 
 
+@safety.removes_unfinished
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains a U-Net and evaluates it; resumes from ``workdir`` when it holds a checkpoint.
 
     Writes (process 0): metrics.jsonl, TensorBoard events, checkpoints/, config.json,
-    PNG overlays and curves, summary.json. Returns the summary.
+    PNG overlays and curves, summary.json. Returns the summary. A run that fails before its
+    first checkpoint leaves nothing behind (:func:`unet_jax.safety.remove_unfinished`).
     """
+    heartbeat_s = config.get("heartbeat_timeout_s", 100)
     parallel.initialize_distributed(config.coordinator, config.num_processes, config.process_id,
-                                    heartbeat_timeout_s=config.get("heartbeat_timeout_s", 100))
+                                    heartbeat_timeout_s=heartbeat_s)
     is_main, processes = jax.process_index() == 0, jax.process_count()
-    watch = parallel.PeerWatch(config.get("heartbeat_timeout_s", 100)) if processes > 1 else None
+    watch = parallel.PeerWatch(heartbeat_s) if processes > 1 else None
     workdir = Path(workdir)
-    before = set(workdir.iterdir()) if workdir.is_dir() else None
     workdir.mkdir(parents=True, exist_ok=True)
     lock = safety.WorkdirLock(workdir) if is_main else None
     signals = safety.StopSignals()
     try:
         return _train(config, workdir, is_main, signals)
-    except BaseException as e:
-        if is_main:
-            safety.remove_unfinished(workdir, before)
-        if processes == 1 or not isinstance(e, (RuntimeError, ValueError)):
+    except (RuntimeError, ValueError) as e:
+        if processes == 1:
             raise
         message = f"process {jax.process_index()} of {processes}: {str(e).splitlines()[0]}"
         if any(w in str(e) for w in _LOST_PEER_WORDS):
