@@ -46,11 +46,15 @@ def _features(channels: int) -> tfds.features.FeaturesDict:
 
 def make_example(image, labels, instances, name: str, config: "CellsConfig", known: bool = True):
     """Assembles one example; the weight map (``config``'s w0, sigma, class_balance) comes from
-    the instances (or the foreground's connected components where instances are unknown)."""
+    the instances (or each class's connected components where instances are unknown). With
+    ``config.targets == "interior_border"`` the labels are :func:`interior_border` of the
+    instances."""
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
         image = image[..., None]
     k = config.num_classes
+    if known and config.targets == "interior_border":
+        labels = interior_border(instances)
     inst = instances if known else class_components(labels)
     return {"image": image, "labels": labels.astype(np.uint8),
             "instances": (instances if known else np.zeros_like(labels)).astype(np.int32),
@@ -75,12 +79,13 @@ def interior_border(instances: np.ndarray) -> np.ndarray:
 def class_components(labels: np.ndarray) -> np.ndarray:
     """Instances where only classes are known: the connected components of each class > 0,
     numbered 1..N over all classes (two touching objects of different classes stay two)."""
-    out = np.zeros(labels.shape, np.int32)
+    out, offset = np.zeros(labels.shape, np.int32), 0
     for c in np.unique(labels):
         if c == 0:
             continue
         comp, n = ndimage.label(labels == c)
-        out[comp > 0] = comp[comp > 0] + out.max()
+        out[comp > 0] = comp[comp > 0] + offset
+        offset += n
     return out
 
 
@@ -98,6 +103,13 @@ def normalise(arr: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) / np.maximum(hi - lo, 1e-12), 0, 1).astype(np.float32)
 
 
+def _without_opaque_alpha(arr: np.ndarray) -> np.ndarray:
+    """[..., 4] with a constant alpha -> its [..., 3] colours; anything else as it is."""
+    if arr.ndim == 3 and arr.shape[-1] == 4 and np.ptp(arr[..., 3]) == 0:
+        return arr[..., :3]
+    return arr
+
+
 def to_channels(arr: np.ndarray, channels: int, path, to_grey: bool = False) -> np.ndarray:
     """[H, W] or [H, W, C] -> [H, W, channels] without losing data: a grey image fills every
     channel of an RGB model; a constant (opaque) alpha channel is dropped; RGB whose channels are
@@ -110,14 +122,14 @@ def to_channels(arr: np.ndarray, channels: int, path, to_grey: bool = False) -> 
         arr = arr[..., None]
     if arr.ndim != 3:
         raise ValueError(f"{path}: expected a 2-D image (optionally with channels), got shape {arr.shape}")
-    if arr.shape[-1] == 4 and channels != 4 and np.ptp(arr[..., 3]) == 0:
-        arr = arr[..., :3]  # RGBA, fully opaque
+    if channels != 4:
+        arr = _without_opaque_alpha(arr)
     c = arr.shape[-1]
     if c == channels:
         return arr
     if c == 1 and channels == 3:
         return np.repeat(arr, 3, -1)
-    if c == 3 and channels == 1 and (np.ptp(arr, axis=-1) == 0).all():
+    if c == 3 and channels == 1 and readers.equal_channels(arr):
         return arr[..., :1]  # grey stored as RGB
     if c == 3 and channels == 1 and to_grey:
         return arr.mean(-1, keepdims=True)
@@ -230,8 +242,7 @@ class NucleiDsb(_Base):
                     raise ValueError(f"{mp}: mask is {m.shape[0]}x{m.shape[1]}, image "
                                      f"{img_path.name} is {inst.shape[0]}x{inst.shape[1]}")
                 inst[(m > 0) & (inst == 0)] = i
-            labels = interior_border(inst) if c.targets == "interior_border" else (inst > 0).astype(np.uint8)
-            exs.append((sample.name, make_example(image, labels, inst, sample.name, c)))
+            exs.append((sample.name, make_example(image, (inst > 0).astype(np.uint8), inst, sample.name, c)))
         if not exs:
             raise ValueError(f"source_dir {root}: no <id>/images/<id>.png samples found")
         return {"train": exs}
@@ -279,11 +290,8 @@ class ImageFolder(_Base):
             if labels.shape != image.shape[:2]:
                 raise ValueError(f"{mp}: mask is {labels.shape[0]}x{labels.shape[1]}, image "
                                  f"{ip.name} is {image.shape[0]}x{image.shape[1]}")
-            if c.targets == "interior_border":
-                if inst is None:
-                    raise ValueError(f"{mp}: targets 'interior_border' need instance masks "
-                                     f"(mask_kind 'instances')")
-                labels = interior_border(inst)
+            if c.targets == "interior_border" and inst is None:
+                raise ValueError(f"{mp}: targets 'interior_border' need instance masks (mask_kind 'instances')")
             exs.append((stem, make_example(image, labels, inst, ip.name, c, known=inst is not None)))
         return {"train": exs}
 
@@ -299,12 +307,10 @@ def mask_to_classes(mask: np.ndarray, path, num_classes: int, kind: str = "auto"
     """
     if kind not in MASK_KINDS:
         raise ValueError(f"mask_kind must be one of {MASK_KINDS}, got {kind!r}")
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[-1] == 4 and np.ptp(mask[..., 3]) == 0:
-        mask = mask[..., :3]  # opaque alpha
+    mask = _without_opaque_alpha(np.asarray(mask))
     colours = values and np.ndim(values[0]) == 1
     if mask.ndim == 3 and not colours:
-        if (np.ptp(mask, axis=-1) != 0).any():
+        if not readers.equal_channels(mask):
             found = np.unique(mask.reshape(-1, mask.shape[-1]), axis=0)[:6].tolist()
             raise ValueError(f"{path}: an RGB mask with differing channels (colours {found}...); give "
                              f"--config.data.mask_values as one colour per class")
@@ -431,19 +437,21 @@ def dataset_options(config, dataset: str) -> dict:
         options.update(size=d.synthetic_size, num_train=d.synthetic_train, num_test=d.synthetic_test)
     if dataset in ("nuclei_dsb", "image_folder"):
         options["channels"] = config.model.in_channels
-        if d.get("targets", "classes") != "classes":
-            options["targets"] = d.targets
-        if d.get("to_grey", False):
-            options["to_grey"] = True
-    if dataset in ("nuclei_dsb", "image_folder") and config.model.num_classes != 2:
-        options["num_classes"] = config.model.num_classes
-    if dataset == "image_folder":
-        for key, default in (("mask_suffix", ""), ("mask_kind", "auto"), ("mask_values", ())):
+        if config.model.num_classes != 2:
+            options["num_classes"] = config.model.num_classes
+        optional = [("targets", "classes"), ("to_grey", False)]
+        if dataset == "image_folder":
+            optional += [("mask_suffix", ""), ("mask_kind", "auto"), ("mask_values", ())]
+        for key, default in optional:
             value = d.get(key, default)
-            if value not in (default, None, [], ()):
-                options[key] = tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in value) \
-                    if key == "mask_values" else value
+            if value not in (default, None, []):
+                options[key] = _hashable(value)
     return options
+
+
+def _hashable(value):
+    """Lists (a JSON-restored config) as tuples, nested ones too: ``mask_values`` colours."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def tfds_dir(config) -> str:

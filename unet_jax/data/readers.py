@@ -41,7 +41,7 @@ def read_image(path: str | os.PathLike, indices: bool = False) -> np.ndarray:
                 if im.mode in ("P", "PA") and not indices:
                     im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
                 arr = np.asarray(im)
-            if not indices and arr.ndim == 3 and arr.shape[-1] == 3 and (np.ptp(arr, axis=-1) == 0).all():
+            if not indices and arr.ndim == 3 and arr.shape[-1] == 3 and equal_channels(arr):
                 arr = arr[..., 0]  # a grey palette
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: "
@@ -49,6 +49,12 @@ def read_image(path: str | os.PathLike, indices: bool = False) -> np.ndarray:
     if arr.ndim < 2 or arr.size == 0:
         raise ValueError(f"{path}: expected a 2-D image, got shape {arr.shape}")
     return arr
+
+
+def equal_channels(arr: np.ndarray) -> bool:
+    """Whether every pixel of ``arr`` [..., C] has the same value in all C channels (grey
+    stored as colour)."""
+    return bool((np.ptp(arr, axis=-1) == 0).all())
 
 
 def _read_tiff(path: Path) -> np.ndarray:
