@@ -64,8 +64,8 @@ def prediction_overlays(samples, path: str | os.PathLike) -> None:
     _save(plt, fig, path, 80)
 
 
-CLASS_COLOURS = ((0.0, 0.0, 0.0), (0.9, 0.1, 0.1), (0.1, 0.7, 0.2), (0.15, 0.35, 0.95), (0.95, 0.75, 0.1),
-                 (0.75, 0.2, 0.8), (0.1, 0.8, 0.8), (0.95, 0.5, 0.2))
+CLASS_COLOURS = ((0.9, 0.1, 0.1), (0.1, 0.7, 0.2), (0.15, 0.35, 0.95), (0.95, 0.75, 0.1),
+                 (0.75, 0.2, 0.8), (0.1, 0.8, 0.8), (0.95, 0.5, 0.2))  # classes 1, 2, ... in turn
 
 
 def class_overlay(image, class_ids, num_classes: int, path: str | os.PathLike, alpha: float = 0.45) -> None:
@@ -78,7 +78,8 @@ def class_overlay(image, class_ids, num_classes: int, path: str | os.PathLike, a
     grey = img.mean(-1) if img.ndim == 3 else img
     rgb = np.repeat(grey[..., None], 3, -1)
     ids = np.asarray(class_ids)
-    colours = np.asarray([CLASS_COLOURS[c % len(CLASS_COLOURS)] if c else (0, 0, 0) for c in range(num_classes)])
+    colours = np.asarray([(0.0, 0.0, 0.0)] + [CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]
+                                             for c in range(1, num_classes)])
     tinted = np.where((ids > 0)[..., None], (1 - alpha) * rgb + alpha * colours[ids], rgb)
     fig, ax = plt.subplots(1, 1, figsize=(8, 8 * ids.shape[0] / max(ids.shape[1], 1) + 0.6))
     ax.imshow(np.clip(tinted, 0, 1))
