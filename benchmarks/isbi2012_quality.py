@@ -45,7 +45,7 @@ def main():
     ev = subprocess.run([sys.executable, "-m", "experiments.unet_evaluate", "--workdir", str(workdir / "run"),
                          "--dataset", "isbi2012", "--data_dir", a.data_dir, "--split", "train[20:]",
                          "--tfds_dir", str(tfds), "--tta", "--output", str(workdir / "eval.json"),
-                         "--calibrate_split", "train[:20]"],
+                         "--calibrate_split", "train[:20]", "--thinned"],
                         cwd=ROOT, capture_output=True, text=True)
     if ev.returncode:
         sys.exit(f"evaluation failed:\n{ev.stderr[-3000:]}")

@@ -51,7 +51,8 @@ def main():
     run = evaluation.load_trained(workdir, step=train_summary["step"])
     _, held_out = builders.load_train_eval(run.config)
     t = time.perf_counter()
-    results, _ = evaluation.evaluate(run.config, run.predict, held_out, warping=False)
+    results, _ = evaluation.evaluate(run.config, run.predict, held_out, warping=False,
+                                     workers=len(os.sched_getaffinity(0)))
     eval_s = time.perf_counter() - t
     targets = TARGETS[a.config]
     keys = [k for k in results if k.startswith(("dice", "iou")) or k in

@@ -5,6 +5,7 @@ error) plus Dice / IoU and, where the data has instances, instance metrics; also
         --data_dir ../shared/data/isbi2012 --split 'train[20:]' --tta
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,10 @@ flags.DEFINE_string("data_dir", "", "The dataset's local source folder.")
 flags.DEFINE_string("split", "test", "TFDS split (slicing allowed).")
 flags.DEFINE_string("tfds_dir", "", "Prepared datasets (default: the run's, else ~/tensorflow_datasets).")
 flags.DEFINE_bool("tta", False, "Test-time augmentation.")
-flags.DEFINE_bool("warping", True, "Compute the warping error (slow on large images).")
+flags.DEFINE_bool("warping", True, "Compute the warping error.")
+flags.DEFINE_bool("thinned", False, "Also the Rand error after border thinning (rand_error_thinned): "
+                  "one watershed per threshold, about 7 s per megapixel.")
+flags.DEFINE_integer("workers", 0, "Processes computing the metrics (0: one per CPU this process may use).")
 flags.DEFINE_string("calibrate_split", "", "Choose the foreground threshold with the smallest pixel "
                     "error on this split (e.g. the training slices) and also report the evaluated "
                     "split's pixel error at it (pixel_error_calibrated).")
@@ -40,8 +44,10 @@ def main(argv):
         if FLAGS.calibrate_split:
             threshold = evaluation.calibrate_threshold(run.config, run.predict, sources[FLAGS.calibrate_split],
                                                        FLAGS.tta)
+        workers = FLAGS.workers or len(os.sched_getaffinity(0))
         results, _ = evaluation.evaluate(run.config, run.predict, sources[FLAGS.split], tta=FLAGS.tta,
-                                         warping=FLAGS.warping, threshold=threshold)
+                                         warping=FLAGS.warping, thinned=FLAGS.thinned, threshold=threshold,
+                                         workers=workers)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -12,7 +12,7 @@ libraries' INFO logs.
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import runtime, safety, train
+from unet_jax import runtime, safety, supervisor
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).", required=True)
@@ -24,6 +24,9 @@ config_flags.DEFINE_config_file("config", "experiments/configs/default.py",
 def main(argv):
     del argv
     runtime.setup(FLAGS.verbosity)
+    supervisor.supervise(FLAGS.config)  # each process of a multi-process run trains in a child
+    from unet_jax import train  # loaded here: a supervising parent never needs it
+
     safety.run_or_exit(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
 
 

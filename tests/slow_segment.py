@@ -9,12 +9,10 @@ import time
 from absl import app
 
 from experiments import unet_segment
-from unet_jax import parallel
+from unet_jax import supervisor
 
 
-def slowed(delay: float):
-    step = parallel.Runner.__call__
-
+def slowed(step, delay: float):
     def call(self, *args, **kwargs):
         out = step(self, *args, **kwargs)
         time.sleep(delay)
@@ -23,6 +21,14 @@ def slowed(delay: float):
     return call
 
 
+def main(argv, delay: float):
+    supervisor.supervise(unet_segment.FLAGS.config)  # a supervising parent stops here
+    from unet_jax import parallel
+
+    parallel.Runner.__call__ = slowed(parallel.Runner.__call__, delay)
+    unet_segment.main(argv)
+
+
 if __name__ == "__main__":
-    parallel.Runner.__call__ = slowed(float(sys.argv.pop(1)))
-    app.run(unet_segment.main)
+    pause = float(sys.argv.pop(1))
+    app.run(lambda argv: main(argv, pause))

@@ -56,6 +56,22 @@ def test_evaluate_averages_per_image_metrics_computed_from_scratch(quick):
     assert ("rand_error_coarse" in got) is not quick and ("warping_error" not in got)
 
 
+def test_worker_processes_give_the_same_metrics_as_one():
+    """Metrics computed in 2 spawned processes while later images are predicted equal those
+    computed in-process, instance metrics and the thinned Rand error included."""
+    config = tiny_config("")
+    source = _source(n=3, size=40, seed=1)
+    for ex in source:
+        ex["instances"] = metrics.segments(ex["labels"])
+    one, _ = evaluation.evaluate(config, _pointwise, source, warping=True, thinned=True)
+    two, _ = evaluation.evaluate(config, _pointwise, source, warping=True, thinned=True, workers=2)
+    assert one == two and one["images"] == 3
+    assert {"rand_error_thinned", "warping_error", "dsb_map", "pq"} <= set(one)
+    thinned = [metrics.rand_error(ex["image"][..., 0], ex["labels"] > 0, thin=True)[0] for ex in source]
+    np.testing.assert_allclose(one["rand_error_thinned"], np.mean(thinned), rtol=1e-12)
+    assert "rand_error_thinned" not in evaluation.evaluate(config, _pointwise, source, warping=False)[0]
+
+
 def test_load_trained_reads_the_checkpoint_the_trainer_wrote(trained):
     run = evaluation.load_trained(trained)
     ck = checkpoint.Checkpoints(trained / "checkpoints", best_metric="val_dice")

@@ -63,6 +63,81 @@ def test_warping_keeps_topology():
     assert np.sum(warped != pred) < np.sum(truth != pred)
 
 
+def _is_simple_brute_force(img, y, x):
+    """Simple point by definition (Bertrand): in the 3x3 neighbourhood without the centre, one
+    4-connected foreground component 4-adjacent to it and one 8-connected background one."""
+    from scipy import ndimage
+    patch = np.zeros((3, 3), bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            yy, xx = y + dy, x + dx
+            patch[1 + dy, 1 + dx] = 0 <= yy < img.shape[0] and 0 <= xx < img.shape[1] and img[yy, xx]
+    patch[1, 1] = False
+    lab, _ = ndimage.label(patch, ndimage.generate_binary_structure(2, 1))
+    fg = len({lab[0, 1], lab[1, 0], lab[1, 2], lab[2, 1]} - {0})
+    bg = ~patch
+    bg[1, 1] = False
+    return fg == 1 and ndimage.label(bg, ndimage.generate_binary_structure(2, 2))[1] == 1
+
+
+def _warp_brute_force(truth, target, order):
+    """Every pass tests every mismatch, in ``order``, and flips it if it is simple at its turn."""
+    warped = truth.copy()
+    while True:
+        ys, xs = np.nonzero(warped != target)
+        idx = np.argsort(order[ys, xs], kind="stable")
+        flipped = 0
+        for y, x in zip(ys[idx], xs[idx]):
+            if _is_simple_brute_force(warped, y, x):
+                warped[y, x] = target[y, x]
+                flipped += 1
+        if not flipped:
+            return warped
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_warp_to_equals_the_brute_force_warp(seed):
+    rng = np.random.default_rng(seed)
+    truth = _box((24, 30), (3, 12, 3, 14), (14, 22, 10, 27)) ^ (rng.random((24, 30)) < 0.05)
+    target = rng.random((24, 30)) < 0.5 if seed == 0 else truth ^ (rng.random((24, 30)) < 0.2)
+    order = rng.random((24, 30))
+    want = _warp_brute_force(truth, target, order)
+    np.testing.assert_array_equal(metrics.warp_to(truth, target, order), want)
+    assert np.sum(want != target) > 0  # some mismatches cannot be flipped: the test has teeth
+
+
+def test_rand_sweep_equals_skimage_at_every_threshold_with_few_and_many_labels():
+    """One labelling per threshold and pair counts by bincount (or by the pairs that occur, when
+    both sides have thousands of segments) give skimage's errors on the full label images."""
+    rng = np.random.default_rng(3)
+    truth = rng.random((120, 120)) < 0.55  # hundreds of small true segments
+    prob = np.clip(0.6 * truth + rng.uniform(0, 0.5, truth.shape), 0, 1)
+    thresholds = [0.05, 0.3, 0.55, 0.8, 0.95]
+    got = metrics.rand_sweep(prob, truth, thresholds, thin=True)
+    true_seg = metrics.segments(truth)
+    # both ways of counting pairs run: a dense table where it is small, the pairs that occur
+    # where (predicted labels x true labels) exceeds 8 x foreground pixels + 65536
+    n_fg = int(truth.sum())
+    sizes = [(len(np.unique(metrics.segments(prob > t)[truth])) + 1) * (true_seg.max() + 1) for t in thresholds]
+    assert min(sizes) <= 8 * n_fg + 65536 < max(sizes)
+    for k, t in enumerate(thresholds):
+        pred = metrics.segments(prob > t)
+        thin = metrics.thin_boundaries(prob, pred)
+        singles = lambda seg: np.where(seg == 0, seg.max() + 1 + np.arange(seg.size).reshape(seg.shape), seg)  # noqa: E731
+        assert got["segment"][k] == pytest.approx(sk_adapted_rand(true_seg, pred)[0], rel=1e-12, abs=1e-15)
+        assert got["singletons"][k] == pytest.approx(sk_adapted_rand(true_seg, singles(pred))[0], rel=1e-12, abs=1e-15)
+        assert got["thinned"][k] == pytest.approx(sk_adapted_rand(true_seg, singles(thin))[0], rel=1e-12, abs=1e-15)
+    assert len(set(np.round(got["singletons"], 6))) == len(thresholds)  # the thresholds differ
+
+
+def test_pixel_errors_at_every_threshold_equal_the_loop():
+    rng = np.random.default_rng(4)
+    truth = rng.random((30, 40)) < 0.4
+    prob = np.round(rng.random((30, 40)), 2).astype(np.float32)  # values on the thresholds too
+    want = [np.mean((prob.astype(np.float64) > t) != truth) for t in metrics.THRESHOLDS]
+    np.testing.assert_array_equal(metrics.pixel_errors(prob, truth, metrics.THRESHOLDS), want)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_rand_error_equals_skimage(seed):
     rng = np.random.default_rng(seed)

@@ -6,9 +6,11 @@ the data has instances, instance metrics (DSB 2018).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
+import multiprocessing
 from pathlib import Path
 from typing import Callable
 
@@ -99,73 +101,115 @@ def calibrate_threshold(config, predict, source, tta: bool = False) -> float:
     for i in range(len(source)):
         ex = source[i]
         fg = inference.predict_probs(config, predict, ex["image"], tta)[..., 1:].sum(-1)
-        errors += [metrics.pixel_error(fg > t, ex["labels"] > 0) for t in THRESHOLDS]
+        errors += metrics.pixel_errors(fg, ex["labels"] > 0, THRESHOLDS)
     return float(THRESHOLDS[int(np.argmin(errors))])
 
 
 def evaluate(config, predict, source, *, tta: bool = False, quick: bool = False,
-             max_images: int | None = None, warping: bool = True,
-             threshold: float | None = None) -> tuple[dict, list]:
+             max_images: int | None = None, warping: bool = True, thinned: bool = False,
+             threshold: float | None = None, workers: int = 1) -> tuple[dict, list]:
     """Whole-image predictions (:func:`unet_jax.inference.predict_probs`) of the first
-    ``max_images`` images of ``source`` and their metrics, averaged over the images.
+    ``max_images`` images of ``source`` and their metrics (:func:`image_metrics`), averaged
+    over the images.
 
-    Every evaluation reports ``dice`` / ``iou`` (the mean over the foreground classes),
-    ``dice_c`` / ``iou_c`` per class c (of the argmax), ``pixel_error`` (foreground probability
-    thresholded at 0.5) and ``rand_error``: the ISBI 2012 foreground-restricted Rand error with
-    predicted border pixels as singletons, minimised over the thresholds 0.05 ... 0.95 when
-    ``quick`` (validation during training) and over 0.01 ... 0.99 otherwise.
-
-    A full evaluation (``quick=False``) adds ``rand_error_coarse`` (over 0.05 ... 0.95),
-    ``rand_error_bg_segment`` (predicted borders as one segment), ``rand_error_thinned``
-    (singletons after border thinning), ``pixel_error_best_threshold`` (each image's best of
-    0.01 ... 0.99), ``warping_error`` (unless ``warping=False``), instance metrics of
-    :func:`predicted_instances` where the data has instances and, given ``threshold``
-    (:func:`calibrate_threshold`), ``pixel_error_calibrated``.
+    With ``workers`` > 1 the metrics of each image are computed in that many worker processes
+    while the next images are predicted; the values are the same as with one.
 
     Returns:
       (metrics, samples): samples are (image, labels, foreground probability) of the first 4.
     """
-    k = config.model.num_classes
-    thresholds = metrics.COARSE_THRESHOLDS if quick else THRESHOLDS
     count = len(source) if max_images is None else min(len(source), max_images)
-    rows, samples = [], []
-    for i in range(count):
-        ex = source[i]
-        probs = inference.predict_probs(config, predict, ex["image"], tta)
-        fg = probs[..., 1:].sum(-1)
-        truth = ex["labels"] > 0
-        rand = metrics.rand_errors(fg, truth, thresholds)
-        dice, iou = metrics.dice_iou(probs.argmax(-1), ex["labels"], k)
-        row = {"dice": float(np.mean(dice[1:])), "iou": float(np.mean(iou[1:])),
-               "pixel_error": metrics.pixel_error(fg > 0.5, truth), "rand_error": float(rand.min()),
-               **{f"dice_{c}": float(dice[c]) for c in range(k)},
-               **{f"iou_{c}": float(iou[c]) for c in range(k)}}
-        if not quick:
-            row.update(
-                rand_error_coarse=float(rand[np.isin(thresholds, metrics.COARSE_THRESHOLDS)].min()),
-                rand_error_bg_segment=metrics.rand_error(fg, truth, background="segment")[0],
-                rand_error_thinned=metrics.rand_error(fg, truth, thin=True)[0],
-                pixel_error_best_threshold=min(metrics.pixel_error(fg > t, truth) for t in THRESHOLDS))
-            if threshold is not None:
-                row.update(pixel_error_calibrated=metrics.pixel_error(fg > threshold, truth),
-                           calibrated_threshold=threshold)
-            if warping:
-                row["warping_error"] = metrics.warping_error(fg, truth)["error"]
-            if ex["instances"].max() > 0:
-                row.update(metrics.instance_metrics(ex["instances"], predicted_instances(config, probs)))
-        rows.append(row)
-        if len(samples) < 4:
-            samples.append((ex["image"], ex["labels"], fg))
+    options = dict(num_classes=config.model.num_classes, quick=quick, warping=warping, thinned=thinned,
+                   threshold=threshold, to_instances=_instance_fn(config))
+    workers = min(workers, count)
+    pool = _pool(workers)
+    pending, rows, samples = [], [], []
+    try:
+        for i in range(count):
+            ex = source[i]
+            probs = inference.predict_probs(config, predict, ex["image"], tta)
+            args = (probs, ex["labels"], ex["instances"])
+            pending.append(pool.submit(image_metrics, *args, **options) if pool else image_metrics(*args, **options))
+            if len(samples) < 4:
+                samples.append((ex["image"], ex["labels"], probs[..., 1:].sum(-1)))
+            while pool and len(pending) - len(rows) > 2 * workers:  # bounded memory
+                rows.append(pending[len(rows)].result())
+        rows += [r.result() if pool else r for r in pending[len(rows):]]
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     keys = sorted({key for r in rows for key in r})
     summary = {key: float(np.mean([r[key] for r in rows if key in r])) for key in keys}
     return {"images": len(rows), **summary}, samples
 
 
+def image_metrics(probs, labels, true_instances, *, num_classes: int, quick: bool = False,
+                  warping: bool = True, thinned: bool = False, threshold: float | None = None,
+                  to_instances: Callable | None = None) -> dict:
+    """One image's metrics from its class probabilities ``probs`` [H, W, K] and truth.
+
+    Always ``dice`` / ``iou`` (the mean over the foreground classes), ``dice_c`` / ``iou_c`` per
+    class c (of the argmax), ``pixel_error`` (foreground probability thresholded at 0.5) and
+    ``rand_error``: the ISBI 2012 foreground-restricted Rand error with predicted border pixels
+    as singletons, minimised over the thresholds 0.05 ... 0.95 when ``quick`` (validation during
+    training) and over 0.01 ... 0.99 otherwise.
+
+    A full evaluation (``quick=False``) adds ``rand_error_coarse`` (over 0.05 ... 0.95),
+    ``rand_error_bg_segment`` (predicted borders as one segment), ``pixel_error_best_threshold``
+    (the best of 0.01 ... 0.99), ``warping_error`` (unless ``warping=False``),
+    ``rand_error_thinned`` (singletons after border thinning, one watershed per threshold: with
+    ``thinned``), the instance metrics of ``to_instances(probs)`` where the truth has instances
+    and, given ``threshold``, ``pixel_error_calibrated``.
+    """
+    fg = probs[..., 1:].sum(-1)
+    truth = labels > 0
+    dice, iou = metrics.dice_iou(probs.argmax(-1), labels, num_classes)
+    row = {"dice": float(np.mean(dice[1:])), "iou": float(np.mean(iou[1:])),
+           "pixel_error": metrics.pixel_error(fg > 0.5, truth),
+           **{f"dice_{c}": float(dice[c]) for c in range(num_classes)},
+           **{f"iou_{c}": float(iou[c]) for c in range(num_classes)}}
+    thresholds = metrics.COARSE_THRESHOLDS if quick else THRESHOLDS
+    if quick:
+        row["rand_error"] = float(metrics.rand_errors(fg, truth, thresholds).min())
+        return row
+    # a binary map is the same mask at every threshold: 0.5 stands for them all
+    sweep_at = [0.5] if np.isin(fg, (0, 1)).all() else thresholds
+    rand = metrics.rand_sweep(fg, truth, sweep_at, thin=thinned)
+    row.update(rand_error=float(rand["singletons"].min()),
+               rand_error_coarse=float(rand["singletons"][np.isin(sweep_at, metrics.COARSE_THRESHOLDS)].min()
+                                       if len(sweep_at) > 1 else rand["singletons"].min()),
+               rand_error_bg_segment=float(rand["segment"].min()),
+               pixel_error_best_threshold=float(metrics.pixel_errors(fg, truth, thresholds).min()))
+    if thinned:
+        row["rand_error_thinned"] = float(rand["thinned"].min())
+    if threshold is not None:
+        row.update(pixel_error_calibrated=metrics.pixel_error(fg > threshold, truth),
+                   calibrated_threshold=threshold)
+    if warping:
+        row["warping_error"] = metrics.warping_error(fg, truth)["error"]
+    if to_instances is not None and true_instances.max() > 0:
+        row.update(metrics.instance_metrics(true_instances, to_instances(probs)))
+    return row
+
+
+def _pool(workers: int):
+    """A pool of ``workers`` fresh (spawned) processes, or None for one: a forked child of a
+    process running JAX could deadlock on a lock one of its threads held."""
+    if workers <= 1:
+        return None
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _instance_fn(config) -> Callable:
+    """:func:`predicted_instances` for ``config`` as a picklable function of the probabilities."""
+    cfg = config.get("instances") or {}
+    return functools.partial(instances.from_probs, mode=cfg.get("mode", "watershed"),
+                             min_size=cfg.get("min_size", 0), min_distance=cfg.get("min_distance", 4))
+
+
 def predicted_instances(config, probs: np.ndarray) -> np.ndarray:
     """One image's instance labels by the run's ``config.instances`` (default: watershed)."""
-    cfg = config.get("instances") or {}
-    return instances.from_probs(probs, cfg.get("mode", "watershed"), cfg.get("min_size", 0),
-                                cfg.get("min_distance", 4))
+    return _instance_fn(config)(probs)
 
 
 def table1(results: dict, name: str = "unet_jax") -> str:

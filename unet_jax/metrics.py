@@ -125,17 +125,89 @@ def rand_errors(prob, true_mask, thresholds, background: str = "singletons",
     """The Rand error of :func:`rand_error` at each of ``thresholds`` (same arguments)."""
     if background not in ("singletons", "segment"):
         raise ValueError(f"background must be 'singletons' or 'segment', got {background!r}")
+    sweep = rand_sweep(prob, true_mask, thresholds, thin=thin)
+    return sweep["thinned" if thin else background]
+
+
+def rand_sweep(prob, true_mask, thresholds, thin: bool = False) -> dict[str, np.ndarray]:
+    """The Rand errors of :func:`rand_errors` at each threshold, for both backgrounds
+    (``singletons``, ``segment``) and with ``thin`` also ``thinned`` (singletons after border
+    thinning), from one labelling per threshold.
+
+    Equal to :func:`adapted_rand_error` on the full label images: only the truth's foreground
+    pixels count, so each threshold's contingency is one ``np.bincount`` over them, and the
+    singletons' pair counts follow from the background's pixel count (each such pixel adds 1 to
+    sum n_ij^2 and to sum b_j^2). The pair counts are exact integers, so the errors are too.
+    """
     prob = np.asarray(prob, np.float64)
     true_seg = segments(true_mask)
-    errors = []
+    _check_same_shape(true_seg, prob)
+    fg = true_seg != 0
+    true_fg = true_seg[fg].astype(np.int64)
+    n_true = int(true_seg.max(initial=0)) + 1
+    true_pairs = _squares(np.bincount(true_fg)) - true_fg.size
+    out = {"singletons": [], "segment": []} | ({"thinned": []} if thin else {})
     for t in thresholds:
         pred_seg = segments(prob > t)
-        if thin:
-            pred_seg = thin_boundaries(prob, pred_seg)
-        if background == "singletons":
-            pred_seg = with_singletons(pred_seg)
-        errors.append(adapted_rand_error(true_seg, pred_seg)[0])
-    return np.asarray(errors)
+        for name, seg in (("", pred_seg), ("thinned", thin_boundaries(prob, pred_seg) if thin else None)):
+            if seg is None:
+                continue
+            pred_fg = seg[fg].astype(np.int64)
+            b = np.bincount(pred_fg, minlength=1)
+            joint, joint_zero = _joint_squares(pred_fg, b, true_fg, n_true)
+            zeros = int(b[0])
+            singles = (joint - joint_zero + zeros, _squares(b[1:]) + zeros)
+            if name == "thinned":
+                out["thinned"].append(_rand(singles, true_pairs, true_fg.size))
+                continue
+            out["singletons"].append(_rand(singles, true_pairs, true_fg.size))
+            out["segment"].append(_rand((joint, _squares(b)), true_pairs, true_fg.size))
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def _joint_squares(pred, pred_sizes, true, n_true: int) -> tuple[int, int]:
+    """(sum of n_ij^2 over all (predicted i, true j), the same over predicted label 0 only),
+    n_ij counting the pixels labelled i and j; a bincount over the pairs, its size kept small
+    by numbering the predicted labels that occur densely (label 0 stays 0)."""
+    present = pred_sizes > 0
+    present[0] = True
+    rank = np.cumsum(present) - 1
+    keys = rank[pred] * n_true + true
+    if (int(rank[-1]) + 1) * n_true <= 8 * keys.size + 65536:
+        counts = np.bincount(keys, minlength=n_true)
+        first = counts[:n_true]
+    else:  # many labels on both sides: count only the pairs that occur
+        pairs, counts = np.unique(keys, return_counts=True)
+        first = counts[pairs < n_true]
+    return _squares(counts), _squares(first)
+
+
+def _squares(counts) -> int:
+    counts = np.asarray(counts, np.int64)
+    return int(counts @ counts)
+
+
+def _rand(pair_sums, true_pairs: int, n: int) -> float:
+    """1 - 2 joint / (true + pred) from (sum n_ij^2, sum b_j^2), as adapted_rand_error."""
+    if n == 0:
+        return 0.0
+    joint, pred_pairs = pair_sums[0] - n, pair_sums[1] - n
+    if true_pairs + pred_pairs == 0:
+        return 0.0
+    return float(1.0 - 2.0 * float(joint) / float(true_pairs + pred_pairs))
+
+
+def pixel_errors(prob, true_mask, thresholds) -> np.ndarray:
+    """:func:`pixel_error` of ``prob > t`` at each threshold t, from one sort of the
+    probabilities (the counts below and above each t are exact)."""
+    prob = np.asarray(prob, np.float64)
+    truth = np.asarray(true_mask) > 0
+    _check_same_shape(prob, truth)
+    pos, neg = np.sort(prob[truth]), np.sort(prob[~truth])
+    thresholds = np.asarray(thresholds, np.float64)
+    missed = np.searchsorted(pos, thresholds, side="right")  # foreground at or below t
+    added = neg.size - np.searchsorted(neg, thresholds, side="right")  # background above t
+    return (missed + added) / prob.size
 
 
 def dice_iou(pred, true, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,29 +267,52 @@ def _code(img, y, x):
     return c
 
 
-def _is_simple(img, y, x) -> bool:
-    c = _code(img, y, x)
-    return _T_FG[c] == 1 and _T_BG[c] == 1
+_SIMPLE = (_T_FG == 1) & (_T_BG == 1)  # flipping the centre changes no topology
 
 
 def warp_to(truth, target, order=None) -> np.ndarray:
     """Warps binary ``truth`` towards binary ``target`` by flipping simple points only
     (topology-preserving), until no mismatching pixel is simple. ``order``: optional
-    priority of pixels (lower first), e.g. |prob - threshold| flips confident pixels last."""
+    priority of pixels (lower first), e.g. |prob - threshold| flips confident pixels last.
+
+    Each pass visits the mismatches in that order and flips those simple at their turn. A
+    pixel's neighbourhood code is kept up to date as its neighbours flip, and a pixel found not
+    simple is looked at again only after a neighbour flipped (simplicity depends on the
+    neighbours alone), which gives the same flips as testing every mismatch every pass.
+    """
     warped = np.array(truth, bool)
     target = np.asarray(target, bool)
+    _check_same_shape(warped, target)
+    h, w = warped.shape
+    width = w + 2  # one pixel of background around the image: out-of-range neighbours
+    padded = np.zeros((h + 2, width), bool)
+    padded[1:-1, 1:-1] = warped
+    code = np.zeros((h + 2, width), np.int64)
+    for i, (dy, dx) in enumerate(_N8):
+        code[1:-1, 1:-1] |= padded[1 + dy:h + 1 + dy, 1 + dx:w + 1 + dx].astype(np.int64) << i
+    code = code.ravel().tolist()
+    simple = _SIMPLE.tolist()
+    # a flip at p toggles, in its neighbour p + offset, the bit of the direction back to p
+    updates = [(dy * width + dx, 1 << _N8.index((-dy, -dx))) for dy, dx in _N8]
+    stale = [True] * padded.size
     while True:
-        ys, xs = np.nonzero(warped != target)
+        ys, xs = np.nonzero(padded[1:-1, 1:-1] != target)
         if order is not None:
             idx = np.argsort(order[ys, xs], kind="stable")
             ys, xs = ys[idx], xs[idx]
-        flipped = 0
-        for y, x in zip(ys.tolist(), xs.tolist()):
-            if warped[y, x] != target[y, x] and _is_simple(warped, y, x):
-                warped[y, x] = target[y, x]
-                flipped += 1
+        flipped = []
+        for p in ((ys + 1) * width + xs + 1).tolist():
+            if not stale[p]:
+                continue
+            stale[p] = False
+            if simple[code[p]]:
+                flipped.append(p)
+                for offset, bit in updates:
+                    code[p + offset] ^= bit
+                    stale[p + offset] = True
         if not flipped:
-            return warped
+            return padded[1:-1, 1:-1].copy()
+        padded.reshape(-1)[flipped] ^= True
 
 
 def topology_errors(warped, target) -> dict:

@@ -19,6 +19,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from unet_jax import supervisor
+
 AXIS = "devices"
 MODES = ("auto", "jit", "pmap", "mesh")
 
@@ -33,8 +35,7 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0, proces
     Returns:
       True when ``jax.distributed.initialize`` was called.
     """
-    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
-    if not coordinator and num_processes <= 1 and not slurm:
+    if not supervisor.requested(coordinator, num_processes):
         return False
     # CPU collectives across processes go through gloo (GPU collectives use NCCL regardless).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -56,7 +57,7 @@ class PeerWatch:
     stuck in a collective or a barrier exits in bounded time instead of hanging until JAX's
     heartbeat check aborts it. :meth:`finish` marks this process done; a done process is never
     reported lost. (When process 0 itself dies, JAX's client in the others aborts them at once,
-    before this thread can speak; jax 0.10 offers no hook for that.)
+    before this thread can speak; :mod:`unet_jax.supervisor` turns that into one line.)
     """
 
     PREFIX = "unet_jax/peer_watch/"

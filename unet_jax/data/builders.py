@@ -384,8 +384,6 @@ def prepare(name: str, data_dir: str | os.PathLike, source_dir: str = "", splits
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
                 if not (out / "dataset_info.json").exists():
                     _prepare_or_clean(b, out)
-                else:  # prepared by another process meanwhile: read what it wrote
-                    b = builder(name, data_dir, source_dir, **options)
         except BaseException:
             for p in reversed(made):  # what this call created, if still empty
                 if p.is_file():
@@ -393,6 +391,8 @@ def prepare(name: str, data_dir: str | os.PathLike, source_dir: str = "", splits
                 elif p.is_dir() and not any(p.iterdir()):
                     p.rmdir()
             raise
+    if not b.info.splits:  # another process finished preparing after b was made: read its work
+        b = builder(name, data_dir, source_dir, **options)
     if splits:
         return {s: b.as_data_source(split=s) for s in splits}
     return b.as_data_source()
