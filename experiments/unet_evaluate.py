@@ -25,7 +25,8 @@ flags.DEFINE_bool("tta", False, "Test-time augmentation.")
 flags.DEFINE_bool("warping", True, "Compute the warping error.")
 flags.DEFINE_bool("thinned", False, "Also the Rand error after border thinning (rand_error_thinned): "
                   "one watershed per threshold, about 7 s per megapixel.")
-flags.DEFINE_integer("workers", 0, "Processes computing the metrics (0: one per CPU this process may use).")
+flags.DEFINE_integer("workers", 0, "Processes computing the metrics (0: one per CPU this process may "
+                     "use, at most 8).")
 flags.DEFINE_string("calibrate_split", "", "Choose the foreground threshold with the smallest pixel "
                     "error on this split (e.g. the training slices) and also report the evaluated "
                     "split's pixel error at it (pixel_error_calibrated).")
@@ -44,7 +45,7 @@ def main(argv):
         if FLAGS.calibrate_split:
             threshold = evaluation.calibrate_threshold(run.config, run.predict, sources[FLAGS.calibrate_split],
                                                        FLAGS.tta)
-        workers = FLAGS.workers or len(os.sched_getaffinity(0))
+        workers = FLAGS.workers or min(len(os.sched_getaffinity(0)), 8)
         results, _ = evaluation.evaluate(run.config, run.predict, sources[FLAGS.split], tta=FLAGS.tta,
                                          warping=FLAGS.warping, thinned=FLAGS.thinned, threshold=threshold,
                                          workers=workers)
