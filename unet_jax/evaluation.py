@@ -128,13 +128,12 @@ def evaluate(config, predict, source, *, tta: bool = False, quick: bool = False,
         for i in range(count):
             ex = source[i]
             probs = inference.predict_probs(config, predict, ex["image"], tta)
-            args = (probs, ex["labels"], ex["instances"])
-            pending.append(pool.submit(image_metrics, *args, **options) if pool else image_metrics(*args, **options))
+            pending.append(_submit(pool, image_metrics, probs, ex["labels"], ex["instances"], **options))
             if len(samples) < 4:
                 samples.append((ex["image"], ex["labels"], probs[..., 1:].sum(-1)))
-            while pool and len(pending) - len(rows) > 2 * workers:  # bounded memory
+            while len(pending) - len(rows) > 2 * workers:  # bounded memory
                 rows.append(pending[len(rows)].result())
-        rows += [r.result() if pool else r for r in pending[len(rows):]]
+        rows += [r.result() for r in pending[len(rows):]]
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -169,15 +168,13 @@ def image_metrics(probs, labels, true_instances, *, num_classes: int, quick: boo
            **{f"dice_{c}": float(dice[c]) for c in range(num_classes)},
            **{f"iou_{c}": float(iou[c]) for c in range(num_classes)}}
     thresholds = metrics.COARSE_THRESHOLDS if quick else THRESHOLDS
+    # a binary map is the same mask at every threshold: 0.5 (on both grids) stands for them all
+    sweep_at = np.asarray([0.5] if np.isin(fg, (0, 1)).all() else thresholds)
+    rand = metrics.rand_sweep(fg, truth, sweep_at, thin=thinned and not quick)
+    row["rand_error"] = float(rand["singletons"].min())
     if quick:
-        row["rand_error"] = float(metrics.rand_errors(fg, truth, thresholds).min())
         return row
-    # a binary map is the same mask at every threshold: 0.5 stands for them all
-    sweep_at = [0.5] if np.isin(fg, (0, 1)).all() else thresholds
-    rand = metrics.rand_sweep(fg, truth, sweep_at, thin=thinned)
-    row.update(rand_error=float(rand["singletons"].min()),
-               rand_error_coarse=float(rand["singletons"][np.isin(sweep_at, metrics.COARSE_THRESHOLDS)].min()
-                                       if len(sweep_at) > 1 else rand["singletons"].min()),
+    row.update(rand_error_coarse=float(rand["singletons"][np.isin(sweep_at, metrics.COARSE_THRESHOLDS)].min()),
                rand_error_bg_segment=float(rand["segment"].min()),
                pixel_error_best_threshold=float(metrics.pixel_errors(fg, truth, thresholds).min()))
     if thinned:
@@ -198,6 +195,15 @@ def _pool(workers: int):
     if workers <= 1:
         return None
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _submit(pool, fn, *args, **kwargs) -> concurrent.futures.Future:
+    """``fn(*args, **kwargs)`` in ``pool``, or at once (as a done future) without one."""
+    if pool:
+        return pool.submit(fn, *args, **kwargs)
+    done = concurrent.futures.Future()
+    done.set_result(fn(*args, **kwargs))
+    return done
 
 
 def _instance_fn(config) -> Callable:

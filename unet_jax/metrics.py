@@ -146,22 +146,22 @@ def rand_sweep(prob, true_mask, thresholds, thin: bool = False) -> dict[str, np.
     true_fg = true_seg[fg].astype(np.int64)
     n_true = int(true_seg.max(initial=0)) + 1
     true_pairs = _squares(np.bincount(true_fg)) - true_fg.size
+
+    def pair_sums(seg):  # (sum n_ij^2, sum b_j^2) with borders as singletons, and as one segment
+        pred_fg = seg[fg].astype(np.int64)
+        b = np.bincount(pred_fg, minlength=1)
+        joint, joint_zero = _joint_squares(pred_fg, b, true_fg, n_true)
+        zeros = int(b[0])
+        return (joint - joint_zero + zeros, _squares(b[1:]) + zeros), (joint, _squares(b))
+
     out = {"singletons": [], "segment": []} | ({"thinned": []} if thin else {})
     for t in thresholds:
         pred_seg = segments(prob > t)
-        for name, seg in (("", pred_seg), ("thinned", thin_boundaries(prob, pred_seg) if thin else None)):
-            if seg is None:
-                continue
-            pred_fg = seg[fg].astype(np.int64)
-            b = np.bincount(pred_fg, minlength=1)
-            joint, joint_zero = _joint_squares(pred_fg, b, true_fg, n_true)
-            zeros = int(b[0])
-            singles = (joint - joint_zero + zeros, _squares(b[1:]) + zeros)
-            if name == "thinned":
-                out["thinned"].append(_rand(singles, true_pairs, true_fg.size))
-                continue
-            out["singletons"].append(_rand(singles, true_pairs, true_fg.size))
-            out["segment"].append(_rand((joint, _squares(b)), true_pairs, true_fg.size))
+        singles, segment = pair_sums(pred_seg)
+        out["singletons"].append(_rand(singles, true_pairs, true_fg.size))
+        out["segment"].append(_rand(segment, true_pairs, true_fg.size))
+        if thin:
+            out["thinned"].append(_rand(pair_sums(thin_boundaries(prob, pred_seg))[0], true_pairs, true_fg.size))
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 

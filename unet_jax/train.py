@@ -366,18 +366,21 @@ def _resume(ckpts, state, data_iter, base_rng, config_dict):
     if latest is None:
         return state, base_rng, 0
     where = ckpts.directory / str(latest)
+
+    def damaged(e: Exception) -> ValueError:  # any read failure: a damaged checkpoint
+        return ValueError(f"workdir checkpoint {where} cannot be read ({type(e).__name__}); move that "
+                          f"folder away to resume from the step before")
+
     try:
         saved = ckpts.read_meta(latest)["config"]
-    except Exception as e:  # noqa: BLE001 - any read failure: a damaged checkpoint
-        raise ValueError(f"workdir checkpoint {where} cannot be read ({type(e).__name__}); move that "
-                         f"folder away to resume from the step before") from None
+    except Exception as e:  # noqa: BLE001
+        raise damaged(e) from None
     safety.check_compatible(saved, config_dict, where)
     safety.check_schedule_kept(saved, config_dict, where)
     try:
         state, meta = ckpts.restore(latest, state)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"workdir checkpoint {where} cannot be read ({type(e).__name__}); move that "
-                         f"folder away to resume from the step before") from None
+        raise damaged(e) from None
     data_iter.set_state(meta["loader"])
     return (state, jax.random.wrap_key_data(np.asarray(meta["rng"], np.uint32), impl="rbg"),
             int(meta["step"]))
