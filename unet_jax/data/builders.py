@@ -255,8 +255,9 @@ class ImageFolder(_Base):
     Masks (``mask_kind``): class ids 0..K-1 (palette images give their indices), 0/255 for a
     binary mask, or an instance label image (0 background, 1..N objects). ``auto``: 0/255 is
     binary (K = 2), values < K are class ids, and with K = 2 a 16- or 32-bit image with larger
-    values is instances (8-bit instance images need ``mask_kind="instances"``). ``mask_values`` maps grey values or RGB colours to
-    classes (class c = ``mask_values[c]``). An RGB mask needs equal channels or that map.
+    values is instances (8-bit instance images need ``mask_kind="instances"``). ``mask_values``
+    maps grey values or RGB colours to classes (class c = ``mask_values[c]``). An RGB mask needs
+    equal channels or that map.
     Images of any size mix; a mismatch names the file.
     """
 
