@@ -9,6 +9,9 @@ import pytest
 # Threefry keys unroll into large XLA programs that take seconds to compile on 2 cores; the
 # counter-based "rbg" generator compiles in a fraction of that. Tests only need determinism.
 jax.config.update("jax_default_prng_impl", "rbg")
+# The entry points the tests start keep no persistent compilation cache in the user's home
+# (tests of the cache give their own folder).
+os.environ.setdefault("UNET_JAX_COMPILATION_CACHE", "off")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("UNET_JAX_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -1,12 +1,15 @@
-"""The GPU benchmark's model-FLOP count against XLA's own cost analysis (an independent count)."""
+"""The GPU benchmark's model-FLOP count against XLA's own cost analysis (an independent count);
+the GPU benchmark and the prepared GPU check run end to end on tiny shapes."""
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
 
-from benchmarks import gpu_speed
+from benchmarks import gpu_check, gpu_speed
+from tests.conftest import require_shared
 from unet_jax import train, unet
 
 
@@ -45,14 +48,37 @@ def test_train_step_flops_are_three_forward_passes():
 def test_largest_batch_search_and_json_lines(tmp_path):
     out = tmp_path / "speed.jsonl"
     lines = gpu_speed.main(["--size", "92", "--features", "4", "--depth", "2", "--batches", "1,2,max",
-                            "--max_batch", "8", "--steps", "1", "--dtypes", "float32",
-                            "--inference_batch", "2", "--output", str(out)])
+                            "--max_batch", "8", "--steps", "6", "--dtypes", "float32",
+                            "--inference_batch", "2", "--loop_steps", "3", "--output", str(out)])
     kinds = [d["benchmark"] for d in lines]
     batches = [d["batch"] for d in lines if d["benchmark"] == "gpu_train"]
     # without a device memory limit (CPU) the search aims at 90 % of --max_batch images' bytes
     assert batches[:2] == [1, 2] and len(batches) == 3 and batches[2] in (4, 8), batches
     assert {"largest_batch", "gpu_inference", "bf16_vs_f32"} <= set(kinds)
     assert all(d["finite"] for d in lines if d["benchmark"] == "gpu_train")
+    # the timed steps learn: synthetic cells and the paper's warm-up, not noise
+    assert all(d["loss_first_last"][1] < d["loss_first_last"][0] for d in lines if d["benchmark"] == "gpu_train")
+    loops = [d for d in lines if d["benchmark"] == "gpu_loop"]
+    assert [d["batch"] for d in loops] == [1, 2] and all(d["images_per_s"] > 0 and d["compile_s"] > 0 for d in loops)
     assert len(out.read_text().splitlines()) == len(lines)
     agree = next(d for d in lines if d["benchmark"] == "bf16_vs_f32")
     assert agree["loss_rel_diff"] < 0.05 and agree["grad_cosine"] > 0.9
+
+
+def test_the_gpu_check_runs_every_stage_on_tiny_shapes(tmp_path):
+    """``gpu_check --smoke``: every stage (versions, gpu_speed, the paper config's training by the
+    CLI, unet_evaluate with a calibrated threshold and TTA) runs and writes its JSON line."""
+    data = require_shared("isbi2012")
+    out = tmp_path / "check.jsonl"
+    assert gpu_check.main(["--smoke", "--data_dir", str(data), "--output", str(out),
+                           "--workdir", str(tmp_path / "work")]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    stages = [d["stage"] for d in lines]
+    assert stages[0] == "devices" and stages[-3:] == ["train", "evaluate", "done"], stages
+    assert lines[0]["backend"] == "cpu" and lines[0]["jax"] == jax.__version__
+    speed = [d for d in lines if d["stage"] == "gpu_speed"]
+    assert {"gpu_train", "gpu_loop"} <= {d.get("benchmark") for d in speed}
+    train_line, eval_line, done = lines[-3:]
+    assert train_line["step"] == 3 and train_line["compile_s"] > 0 and not train_line["cut_at_limit"]
+    assert 0 <= eval_line["rand_error"] <= 1 and 0 <= eval_line["pixel_error_calibrated"] <= 1
+    assert done["all_stages_ok"] and done["results"]["rand_error"] == eval_line["rand_error"]

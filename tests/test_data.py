@@ -220,6 +220,31 @@ def test_mirrored_context_matches_numpy_pad(mode, c):
     np.testing.assert_array_equal(tile["labels"], np.pad(ex["labels"], c, mode=mode))
 
 
+@pytest.mark.parametrize("mode", ["reflect", "symmetric"])
+@pytest.mark.parametrize("shape,out,c", [((40, 31), 20, 6), ((40, 31), 8, 30), ((12, 50), 12, 11),
+                                           ((10, 10), 8, 23)])
+def test_tiles_anywhere_in_an_image_equal_a_window_of_the_whole_padded_image(mode, shape, out, c):
+    """Every tile position (edges, corners, middle; contexts shorter and longer than the image)
+    against the window of the whole image padded by numpy."""
+    rng = np.random.default_rng(1)
+    ex = {"image": rng.random(shape + (2,), np.float32), "labels": rng.integers(0, 3, shape).astype(np.uint8),
+          "weights": rng.random(shape, np.float32)}
+    cfg = loader.TileConfig(out_size=out, context=c, foreground_prob=0.0, mirror=mode)
+    padded = {k: np.pad(v, [(c, c), (c, c)] + [(0, 0)] * (v.ndim - 2), mode=mode) for k, v in ex.items()}
+    seen = set()
+    for seed in range(60):
+        tile = loader.random_tile(ex, np.random.default_rng(seed), cfg)
+        # the tile's offset: where its image window sits in the padded image
+        hits = [(y, x) for y in range(shape[0] - out + 1) for x in range(shape[1] - out + 1)
+                if np.array_equal(padded["image"][y:y + out + 2 * c, x:x + out + 2 * c], tile["image"])]
+        assert hits, seed
+        y, x = hits[0]
+        seen.add((y in (0, shape[0] - out), x in (0, shape[1] - out)))
+        for k in ("labels", "weights"):
+            np.testing.assert_array_equal(tile[k], padded[k][y:y + out + 2 * c, x:x + out + 2 * c])
+    assert len(seen) >= 2, seen  # tiles at edges and corners and (where there is room) inside
+
+
 def test_an_image_smaller_than_the_tile_is_mirrored_out_with_zero_weight():
     rng = np.random.default_rng(0)
     ex = {"image": rng.random((8, 10, 2), np.float32), "labels": rng.integers(0, 3, (8, 10)).astype(np.uint8),

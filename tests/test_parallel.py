@@ -94,10 +94,36 @@ def test_device_prefetch_reports_the_state_of_the_last_batch_taken():
     it = parallel.DevicePrefetch(_Counting(5), lambda b: put.append(int(b["x"][0])) or b, size=2)
     assert it.get_state() == {"i": 0}
     first = next(it)
-    assert int(first["x"][0]) == 1 and put == [1, 2, 3]  # two more already on their way
+    deadline = time.time() + 30
+    while len(put) < 3 and time.time() < deadline:  # the thread fills the queue behind the step
+        time.sleep(0.01)
+    assert int(first["x"][0]) == 1 and put[:3] == [1, 2, 3]  # more already on their way
     assert it.get_state() == {"i": 1}  # a checkpoint now resumes at batch 2, not 4
     rest = [int(b["x"][0]) for b in it]
-    assert rest == [2, 3, 4, 5] and it.get_state() == {"i": 5}
+    assert rest == [2, 3, 4, 5] and it.get_state() == {"i": 5} and put == [1, 2, 3, 4, 5]
+    it.close()
+
+
+class _Failing(_Counting):
+    def __next__(self):
+        if self.i == 2:
+            raise OSError("disk gone")
+        return super().__next__()
+
+
+def test_device_prefetch_raises_the_loaders_error_in_the_loop_and_close_stops_its_thread():
+    from unet_jax import parallel
+
+    it = parallel.DevicePrefetch(_Failing(5), lambda b: b, size=2)
+    assert [int(next(it)["x"][0]) for _ in range(2)] == [1, 2]
+    for _ in range(2):
+        with pytest.raises(OSError, match="disk gone"):
+            next(it)
+    it.close()
+    endless = parallel.DevicePrefetch(_Counting(10 ** 9), lambda b: b, size=2)
+    next(endless)
+    endless.close()
+    assert not endless._thread.is_alive()
 
 
 # ------------------------------------------------------------------ whole runs across processes

@@ -1,13 +1,17 @@
 """unet_jax.runtime: the malloc settings keep XLA's per-call CPU buffers mapped (fewer page
 faults per call than glibc's defaults) and UNET_JAX_MALLOC=0 leaves malloc alone; importing
 unet_jax changes nothing; quiet runs hide the libraries' INFO logs."""
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from unet_jax import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # page faults per call of a jitted function with 64 MB input/output and temporaries, after a warm-up
 PROBE = """
@@ -90,3 +94,44 @@ def test_quiet_logs_hide_library_info_but_keep_warnings():
     out = subprocess.run([sys.executable, "-c", QUIET_PROBE], capture_output=True, text=True,
                          check=True, timeout=300).stdout
     assert out.splitlines() == ["absl WARNING a real warning", "jax WARNING a jax warning"], out
+
+
+def test_compilation_cache_folder_comes_from_the_environment(tmp_path):
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        assert runtime.compilation_cache({runtime.CACHE_ENV: "off"}) is None
+        assert runtime.compilation_cache({runtime.CACHE_ENV: "0"}) is None
+        assert runtime.compilation_cache({runtime.CACHE_ENV: str(tmp_path / "c")}) == str(tmp_path / "c")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "c")
+        assert runtime.default_cache_dir({"XDG_CACHE_HOME": "/x"}) == "/x/unet_jax/jax"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+
+
+def _tiny_cli(workdir, tfds_dir, cache, **environ):
+    env = {**os.environ, runtime.CACHE_ENV: str(cache), **environ}
+    return subprocess.run([sys.executable, "-m", "experiments.unet_segment", "--workdir", str(workdir),
+                           "--config", "tests/tiny_config.py", f"--config.data.tfds_dir={tfds_dir}",
+                           "--config.num_steps=2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_second_run_of_one_config_loads_every_program_from_the_cache(tmp_path):
+    """The first run writes its compiled programs (train step, initialisation, prediction); a
+    second run of the same config, in a new workdir, finds every one of them and compiles
+    nothing new; switched off, the default folder is not made."""
+    cache, tfds = tmp_path / "cache", tmp_path / "tfds"
+    first = _tiny_cli(tmp_path / "a", tfds, cache)
+    assert first.returncode == 0, first.stderr[-2000:]
+    written = sorted(p.name for p in cache.iterdir())
+    assert any(n.startswith("jit_train_step-") for n in written), written
+    second = _tiny_cli(tmp_path / "b", tfds, cache)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert sorted(p.name for p in cache.iterdir()) == written
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["compile_s"] > 0
+    off = _tiny_cli(tmp_path / "c", tfds, "off", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    assert off.returncode == 0, off.stderr[-2000:]
+    assert not (tmp_path / "xdg" / "unet_jax").exists()

@@ -188,6 +188,19 @@ def test_a_nan_batch_is_skipped_and_a_streak_of_them_stops_the_run(tfds_dir, tmp
     assert checkpoint.Checkpoints(tmp_path / "stop" / "checkpoints").latest_step() == 4
 
 
+def test_a_budget_shorter_than_the_compilation_still_trains(tfds_dir, tmp_path):
+    """``time_budget_s`` counts from the end of the first step: a budget that compiling alone
+    would use up still trains for that long (counting the compilation would stop the run at its
+    first log step, 5)."""
+    config = tiny_config(str(tfds_dir))
+    config.num_steps, config.log_every, config.checkpoint_every = 100_000, 5, 100_000
+    config.time_budget_s = 1.0
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    assert summary["compile_s"] > config.time_budget_s, summary  # the premise of this test
+    assert summary["time_budget_hit"] and summary["step"] >= 10, summary
+    assert config.time_budget_s <= summary["train_time_s"] < summary["compile_s"] + 5, summary
+
+
 def test_a_non_finite_step_leaves_the_state_as_it_was():
     config = tiny_config("")
     state = train.create_state(config, jax.random.key(0, impl="rbg"))

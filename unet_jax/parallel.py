@@ -7,9 +7,9 @@ state replicated; XLA inserts the gradient all-reduce itself.
 """
 from __future__ import annotations
 
-import collections
 import functools
 import os
+import queue
 import sys
 import threading
 import time
@@ -222,31 +222,58 @@ class Runner:
 
 class DevicePrefetch:
     """Iterator over a data iterator's batches, ``size`` of them on their way to the devices
-    ahead of the step that uses them, so that host-to-device copies overlap computation.
+    ahead of the step that uses them. A background thread takes them from the loader and starts
+    their copies, so the training loop only dispatches steps and the copies overlap them.
 
     ``get_state`` is the data iterator's state after the last batch *taken* from here (not the
-    last one fetched), so a checkpoint resumes exactly at the next unused batch.
+    last one fetched), so a checkpoint resumes exactly at the next unused batch. :meth:`close`
+    stops the thread (it would otherwise go on loading while the run evaluates).
     """
 
+    _END = object()
+
     def __init__(self, iterator, put, size: int = 2):
-        self.it, self.put, self.size = iterator, put, size
-        self.queue = collections.deque()
+        self.it, self.put = iterator, put
         self.state = iterator.get_state()
+        self.queue = queue.Queue(maxsize=max(size, 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="DevicePrefetch", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = next(self.it)
+                item = (self.put(batch), self.it.get_state())
+            except StopIteration:
+                item = self._END
+            except BaseException as e:  # noqa: BLE001 - raised in the training loop instead
+                item = e
+            while not self._stop.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, tuple):
+                return
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        while len(self.queue) <= self.size:
-            try:
-                batch = next(self.it)
-            except StopIteration:
-                if not self.queue:
-                    raise
-                break
-            self.queue.append((self.put(batch), self.it.get_state()))
-        batch, self.state = self.queue.popleft()
+        item = self.queue.get()
+        if item is self._END or isinstance(item, BaseException):
+            self.queue.put(item)  # every later call ends the same way
+            if item is self._END:
+                raise StopIteration
+            raise item
+        batch, self.state = item
         return batch
 
     def get_state(self):
         return self.state
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

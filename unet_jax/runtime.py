@@ -1,10 +1,14 @@
 """Process-wide settings that entry points apply at the top of ``main`` (``experiments/*``,
 ``benchmarks/*``); importing ``unet_jax`` never applies them.
 
-:func:`setup` does both:
+:func:`setup` does all three:
 
 * glibc malloc keeps XLA's per-step CPU buffers mapped (:func:`apply_malloc`);
   ``UNET_JAX_MALLOC=0`` leaves malloc alone;
+* JAX's persistent compilation cache (:func:`compilation_cache`), so that a rerun, a resume or
+  another process of the same configuration loads its compiled programs instead of compiling
+  (and, on GPUs, autotuning) them again; ``UNET_JAX_COMPILATION_CACHE=DIR`` moves it and
+  ``UNET_JAX_COMPILATION_CACHE=off`` switches it off;
 * the libraries' INFO logs (absl, TFDS, orbax, JAX) and TFDS's progress bars are hidden unless
   the run asks for ``--verbosity=1``.
 
@@ -32,13 +36,49 @@ _TUNABLE_NAMES = {M_ARENA_MAX: "arena_max", M_MMAP_MAX: "mmap_max", M_TRIM_THRES
 GLIBC_TUNABLES = ":".join(f"glibc.malloc.{_TUNABLE_NAMES[param]}={value}" for param, value in MALLOC_SETTINGS)
 
 
+CACHE_ENV = "UNET_JAX_COMPILATION_CACHE"
+CACHE_OFF = ("0", "off", "false", "no", "none")
+# programs that compile faster than this are not written to the cache (JAX's default: 1 s); the
+# train step, evaluation and initialisation all take longer on a GPU or with a paper-size model
+CACHE_MIN_COMPILE_S = 0.2
+
+
 def setup(verbosity: int = 0, environ=os.environ) -> bool:
-    """:func:`apply_malloc`, then :func:`quiet_logs` unless ``verbosity`` >= 1; returns whether
-    the malloc settings were applied."""
+    """:func:`apply_malloc` and :func:`compilation_cache`, then :func:`quiet_logs` unless
+    ``verbosity`` >= 1; returns whether the malloc settings were applied."""
     applied = apply_malloc(environ)
+    compilation_cache(environ)
     if verbosity < 1:
         quiet_logs()
     return applied
+
+
+def default_cache_dir(environ=os.environ) -> str:
+    """``$XDG_CACHE_HOME/unet_jax/jax``, else ``~/.cache/unet_jax/jax``."""
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "unet_jax", "jax")
+
+
+def compilation_cache(environ=os.environ) -> str | None:
+    """Turns on JAX's persistent compilation cache; returns its folder, or None when off.
+
+    The folder is ``UNET_JAX_COMPILATION_CACHE`` when set (``off`` or ``0``: no cache), else
+    JAX's own ``JAX_COMPILATION_CACHE_DIR`` when set, else :func:`default_cache_dir`. JAX keys
+    each entry by the program, the compiler options, the devices and the JAX version, so a
+    changed model or flag compiles anew and never loads a stale program. On GPUs XLA's
+    per-fusion autotuning results are kept there too. Several processes (a SLURM job) may share
+    one folder.
+    """
+    value = environ.get(CACHE_ENV, "").strip()
+    if value.lower() in CACHE_OFF:
+        return None
+    import jax
+
+    path = os.path.abspath(os.path.expanduser(value or jax.config.jax_compilation_cache_dir
+                                              or default_cache_dir(environ)))
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_S)
+    return path
 
 
 def apply_malloc(environ=os.environ) -> bool:

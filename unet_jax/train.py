@@ -189,6 +189,21 @@ def train_step(state: TrainState, batch: dict, rng, cfg: StepConfig = StepConfig
     return new_state, sums
 
 
+METRICS = ("loss", "pixel_error", "dice", "grad_norm", "nonfinite")  # what train_step reports
+
+
+def packed_train_step(state, batch, rng, cfg: StepConfig = StepConfig(), axis_name: str | None = None):
+    """:func:`train_step` with its metrics as one float32 vector [sum, count] x :data:`METRICS`:
+    the loop then copies one array per step to the host, not ten (:func:`unpack_metrics`)."""
+    state, sums = train_step(state, batch, rng, cfg, axis_name)
+    return state, jnp.stack([jnp.asarray(v, jnp.float32) for k in METRICS for v in sums[k]])
+
+
+def unpack_metrics(vector) -> dict:
+    """The inverse of :func:`packed_train_step`'s packing: {name: (sum, count)}."""
+    return {k: (vector[2 * i], vector[2 * i + 1]) for i, k in enumerate(METRICS)}
+
+
 def reduce_metrics(sums: dict) -> dict:
     """{name: (sum, count)} -> {name: sum / count} (NaN for a count of 0)."""
     return {k: float(s) / float(c) if float(c) > 0 else float("nan") for k, (s, c) in sums.items()}
@@ -236,6 +251,7 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
     safety.check_counts(config)
     parallel.check_batch(config.batch_size)
     train_src, eval_src = builders.load_train_eval(config)
+    t_start = time.perf_counter()  # compile_s: from here to the end of the first step
     data_iter = _train_batches(config, train_src)
     base_rng = jax.random.key(config.seed, impl="rbg")
     state = create_state(config, jax.random.fold_in(base_rng, 1 << 20))
@@ -248,7 +264,7 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
         write_json(workdir / "config.json", config_dict)
 
     predict = inference.make_predict(state.apply_fn)
-    runner = parallel.Runner(functools.partial(train_step, cfg=step_config(config)), config.parallel)
+    runner = parallel.Runner(functools.partial(packed_train_step, cfg=step_config(config)), config.parallel)
     if runner.mode == "pmap":  # batch statistics averaged over the pmap axis
         state = state.replace(apply_fn=unet.from_config(config.model, parallel.AXIS).apply)
     dstate = runner.put_state(state)
@@ -267,20 +283,31 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
                 "rng": np.asarray(jax.random.key_data(base_rng)).tolist()}
         ckpts.save(step, host_state, meta, metrics={"val_dice": val["dice"]} if val else None)
 
-    step, stop, budget_hit, last_val = start, None, False, None
+    step, stop, budget_hit, last_val, compile_s = start, None, False, None, None
+    # read once: a ConfigDict look-up costs microseconds, and the loop must keep up with the step
+    num_steps, log_every, checkpoint_every, eval_every = (config.num_steps, config.log_every,
+                                                          config.checkpoint_every, config.eval_every)
     t0 = time.perf_counter()
     try:  # a checkpoint write in flight completes before an error ends the run
         with tqdm.tqdm(total=config.num_steps, initial=start, disable=not (is_main and config.progress),
                        dynamic_ncols=True, desc="train") as bar:
-            for step in range(start + 1, config.num_steps + 1):
+            for step in range(start + 1, num_steps + 1):
                 dstate, sums = runner(dstate, next(batches), base_rng, placed=True)
                 log.add(step, sums)
+                if compile_s is None:  # the budget, train_time_s and images/s start from here
+                    jax.block_until_ready(sums)
+                    t0 = time.perf_counter()
+                    compile_s = round(t0 - t_start, 2)
+                    log.restart_clock(t0)
+                    if is_main and config.progress:
+                        bar.write(f"step {step} done {compile_s:.1f} s after start (compilation, "
+                                  f"{_cache_note()})")
                 bar.update(1)
-                last = step == config.num_steps  # validated and saved after the loop
+                last = step == num_steps  # validated and saved after the loop
                 stop = _stop_reason(signals, step, config)
-                save_now = (step % config.checkpoint_every == 0 and not last) or stop
-                eval_now = bool(config.eval_every) and step % config.eval_every == 0 and not last
-                if not (step % config.log_every == 0 or last or save_now or eval_now):
+                save_now = (step % checkpoint_every == 0 and not last) or stop
+                eval_now = bool(eval_every) and step % eval_every == 0 and not last
+                if not (step % log_every == 0 or last or save_now or eval_now):
                     continue
                 bar.set_postfix(log.flush(step))  # raises NonFiniteLoss after too many skipped steps
                 val = None
@@ -298,8 +325,11 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
     except BaseException:
         ckpts.close()
         raise
+    finally:
+        batches.close()
     final = runner.get_state(dstate)
-    summary = {"step": step, "train_time_s": round(time.perf_counter() - t0, 2), "stopped_by": stop,
+    summary = {"step": step, "compile_s": compile_s, "train_time_s": round(time.perf_counter() - t0, 2),
+               "stopped_by": stop,
                "resumed_from": start, "process_count": jax.process_count(),
                "devices": jax.device_count(), "parallel": runner.mode, "time_budget_hit": budget_hit}
     if stop:
@@ -326,6 +356,11 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
         write_json(workdir / "summary.json", summary)
         print(json.dumps({"summary": summary}))
     return summary
+
+
+def _cache_note() -> str:
+    path = jax.config.jax_compilation_cache_dir
+    return f"compilation cache {path}" if path else "no compilation cache"
 
 
 def _stop_reason(signals, step: int, config) -> str | None:
@@ -399,25 +434,35 @@ class _TrainLog:
         self.pending = []  # (step, device metrics) not yet looked at
         self.history = []
         self.since = time.perf_counter()
+        self.untimed = 0  # pending steps that ran before ``since`` (the compiling first step)
 
     def add(self, step: int, sums) -> None:
         self.pending.append((step, sums))
 
+    def restart_clock(self, now: float) -> None:
+        """Images/s count from ``now``: the steps so far (the first, which compiled) are left out."""
+        self.since, self.untimed = now, len(self.pending)
+
     def flush(self, step: int) -> dict:
         """Writes the train metrics of the steps since the last flush; returns the progress
         bar's postfix."""
-        host = [(s, self.runner.metrics(m)) for s, m in self.pending]
+        host = [(s, unpack_metrics(self.runner.metrics(m))) for s, m in jax.device_get(self.pending)]
         for s, m in host:
             self.nonfinite.update(s, float(m["nonfinite"][0]) > 0, self.ckpts)
         values = reduce_metrics(jax.tree.map(lambda *xs: sum(xs), *[m for _, m in host]))
         now = time.perf_counter()
-        values["images_per_s"] = len(host) * self.batch_size / (now - self.since)
+        timed = len(host) - self.untimed
+        if timed:  # a window of the compiling first step alone has no rate
+            values["images_per_s"] = timed * self.batch_size / (now - self.since)
         values["learning_rate"] = float(self.schedule(step))
-        self.pending, self.since = [], now
+        self.pending, self.since, self.untimed = [], now, 0
         line = {f"train_{k}": v for k, v in values.items()}
         self.writer.write(step, line)
         self.history.append({"step": step, **line})
-        return {"loss": f"{values['loss']:.4f}", "img_s": f"{values['images_per_s']:.1f}"}
+        postfix = {"loss": f"{values['loss']:.4f}"}
+        if timed:
+            postfix["img_s"] = f"{values['images_per_s']:.1f}"
+        return postfix
 
     def validation(self, step: int, val: dict, is_main: bool, final: bool = False, echo=print) -> None:
         """Writes a validation's metrics and ``echo``-es one line about it (process 0)."""

@@ -83,7 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.async_checkpoints = "auto"  # write checkpoints in the background: auto (on GPU/TPU) | on | off
     c.keep_checkpoints = 2  # latest checkpoints kept (plus the best by val Dice)
     c.stop_after = -1  # stop (with a checkpoint) after this step, as a preemption would
-    c.time_budget_s = 0.0  # > 0: stop training after this many seconds, then evaluate and save
+    c.time_budget_s = 0.0  # > 0: stop training this many seconds after the first step (so
+    # compilation is not counted), then evaluate and save
     c.max_nonfinite_steps = 5  # stop after this many skipped (non-finite) steps in a row (0: never)
     c.progress = True  # tqdm progress bar
     c.parallel = "auto"  # auto (pmap if several devices) | jit | pmap | mesh

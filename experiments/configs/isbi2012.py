@@ -35,7 +35,9 @@ def get_config(variant: str = "paper"):
     c.optim.warmup_steps = 100
     c.batch_size = 1
     c.num_steps = 20000
+    c.log_every = 100  # each metric line waits for the device: rarely, at a GPU's step rate
     c.eval_every = 1000
+    c.checkpoint_every = 1000
     c.eval_tta = True
     if variant == "cpu":  # fits about an hour on 2 CPU cores
         c.model.features = 16
