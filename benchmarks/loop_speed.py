@@ -9,7 +9,11 @@
   end) against ``train.train_and_evaluate`` at the same shapes (loader, device copies, metric
   log, progress bar, stop checks). Both are timed over windows of ``log_every`` (20) steps, each
   ended by a sync (the loop's metric lines; the first, which compiles, is left out); rounds
-  alternate step and loop, and medians are reported. Target: overhead <= 0.3 ms per step.
+  alternate step and loop, and medians are reported. Target: overhead <= 0.3 ms per step. The
+  overhead is split by two more runs: the loader replaced by one fixed batch (``loader_ms``),
+  and that batch also placed on the device once (``device_copy_ms``); what is left is the
+  loop's own work on its thread (``loop_itself_ms``). On a 2-core CPU the loader's and the
+  copies' threads take cores from the step; on a GPU machine they run on cores of their own.
 
     python -m benchmarks.loop_speed [--rounds 5] [--output FILE]
 """
@@ -94,6 +98,45 @@ def loop_ms(config) -> float:
     return config.batch_size / statistics.median(rates) * 1e3
 
 
+class _FixedBatches:
+    """The loader's first batch, handed out again and again (the loader's own work left out)."""
+
+    def __init__(self, it):
+        self.it, self.batch = it, next(it)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.batch
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+
+def loop_ms_without(config, placed: bool) -> float:
+    """:func:`loop_ms` with the loader replaced by one fixed batch, still copied to the device
+    every step; with ``placed`` the copy is left out too, which leaves the loop's own work."""
+    batches, put = train._train_batches, parallel.Runner.put_device_batch
+    placed_once = {}
+
+    def put_once(runner, batch):
+        if "batch" not in placed_once:
+            placed_once["batch"] = put(runner, batch)
+        return placed_once["batch"]
+
+    train._train_batches = lambda c, source: _FixedBatches(batches(c, source))
+    if placed:
+        parallel.Runner.put_device_batch = put_once
+    try:
+        return loop_ms(config)
+    finally:
+        train._train_batches, parallel.Runner.put_device_batch = batches, put
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -126,14 +169,20 @@ def main(argv=None):
 
     config = tiny_config(os.path.join(tmp, "tfds64"), a.steps)
     builders.load_train_eval(config)  # prepared once, outside the timings
-    step, loop = [], []
+    step, loop, fixed, placed = [], [], [], []
     for _ in range(a.rounds):
         step.append(bare_step_ms(config, a.steps, config.log_every))
         loop.append(loop_ms(config))
+        fixed.append(loop_ms_without(config, placed=False))
+        placed.append(loop_ms_without(config, placed=True))
     s, lp = statistics.median(step), statistics.median(loop)
+    breakdown = {"loader_ms": statistics.median(loop) - statistics.median(fixed),
+                 "device_copy_ms": statistics.median(fixed) - statistics.median(placed),
+                 "loop_itself_ms": statistics.median(placed) - s}
     emit({"benchmark": "loop_vs_step", "tile": train.tile_sizes(config)[0], "batch": 1, "features": 4,
           "depth": 2, "rounds": a.rounds, "step_ms": round(s, 3), "loop_ms": round(lp, 3),
           "overhead_ms": round(lp - s, 3), "step_over_loop": round(s / lp, 3),
+          "overhead_breakdown_ms": {k: round(v, 3) for k, v in breakdown.items()},
           "step_ms_rounds": [round(v, 3) for v in step], "loop_ms_rounds": [round(v, 3) for v in loop],
           "meets_target": lp - s <= 0.3})
     return lines
