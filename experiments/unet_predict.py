@@ -5,6 +5,7 @@
     python -m experiments.unet_predict --workdir runs/ --input stack.tif --output out/
 
     python -m experiments.unet_predict --workdir runs/ --input folder/ --output out/ --instances
+    python -m experiments.unet_predict --workdir my_unet.zip --input folder/ --output out/
 
 Writes NAME_mask.png (0/255 for two classes, else class ids), NAME_prob.tif (float32
 [K, H, W]) and NAME_overlay.png (for K > 2 classes, each class in its colour with a legend); a
@@ -19,7 +20,8 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A trained run (config.json + checkpoints/).", required=True)
+flags.DEFINE_string("workdir", None, "A trained run (config.json + checkpoints/), or a bioimage.io "
+                    "package (NAME.zip, from unet_export), run through ONNX Runtime.", required=True)
 flags.DEFINE_bool("fallback", False, "If the checkpoint cannot be read, use the next older one.")
 flags.DEFINE_string("input", None, "An image, a folder of images, or a TIFF stack.", required=True)
 flags.DEFINE_string("output", None, "Output folder.", required=True)
@@ -46,7 +48,12 @@ def main(argv):
             if src.is_dir() else [src]
         if not files:
             raise ValueError(f"--input {src}: no images ({', '.join(readers.IMAGE_SUFFIXES)}) found")
-        run = evaluation.load_trained(FLAGS.workdir, fallback=FLAGS.fallback)
+        if FLAGS.workdir.endswith(".zip"):
+            from unet_jax import zoo
+
+            run = zoo.load_package(FLAGS.workdir)
+        else:
+            run = evaluation.load_trained(FLAGS.workdir, fallback=FLAGS.fallback)
         config = run.config
         out = Path(FLAGS.output)
         k = config.model.num_classes

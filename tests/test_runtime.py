@@ -126,7 +126,7 @@ def test_a_second_run_of_one_config_loads_every_program_from_the_cache(tmp_path)
     first = _tiny_cli(tmp_path / "a", tfds, cache)
     assert first.returncode == 0, first.stderr[-2000:]
     written = sorted(p.name for p in cache.iterdir())
-    assert any(n.startswith("jit_train_step-") for n in written), written
+    assert any("train_step-" in n for n in written), written
     second = _tiny_cli(tmp_path / "b", tfds, cache)
     assert second.returncode == 0, second.stderr[-2000:]
     assert sorted(p.name for p in cache.iterdir()) == written

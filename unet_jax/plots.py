@@ -68,21 +68,32 @@ CLASS_COLOURS = ((0.9, 0.1, 0.1), (0.1, 0.7, 0.2), (0.15, 0.35, 0.95), (0.95, 0.
                  (0.75, 0.2, 0.8), (0.1, 0.8, 0.8), (0.95, 0.5, 0.2))  # classes 1, 2, ... in turn
 
 
+def class_colours(num_classes: int) -> np.ndarray:
+    """[K, 3] RGB in [0, 1]: black for the background, then the colour cycle (never black)."""
+    return np.asarray([(0.0, 0.0, 0.0)] + [CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]
+                                         for c in range(1, num_classes)])
+
+
+def tinted(image, class_ids, num_classes: int, alpha: float = 0.45) -> np.ndarray:
+    """[H, W, 3] in [0, 1]: the image in grey with each class 1..K-1 tinted in its colour."""
+    img = np.asarray(image, np.float32)
+    grey = img.mean(-1) if img.ndim == 3 else img
+    rgb = np.repeat(grey[..., None], 3, -1)
+    ids = np.asarray(class_ids)
+    out = np.where((ids > 0)[..., None], (1 - alpha) * rgb + alpha * class_colours(num_classes)[ids], rgb)
+    return np.clip(out, 0, 1)
+
+
 def class_overlay(image, class_ids, num_classes: int, path: str | os.PathLike, alpha: float = 0.45) -> None:
     """The image with each predicted class (1..K-1) tinted in its own colour, and a legend
     naming the classes (background untinted)."""
     from matplotlib.patches import Patch
 
     plt = pyplot()
-    img = np.asarray(image, np.float32)
-    grey = img.mean(-1) if img.ndim == 3 else img
-    rgb = np.repeat(grey[..., None], 3, -1)
     ids = np.asarray(class_ids)
-    colours = np.asarray([(0.0, 0.0, 0.0)] + [CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]
-                                             for c in range(1, num_classes)])
-    tinted = np.where((ids > 0)[..., None], (1 - alpha) * rgb + alpha * colours[ids], rgb)
+    colours = class_colours(num_classes)
     fig, ax = plt.subplots(1, 1, figsize=(8, 8 * ids.shape[0] / max(ids.shape[1], 1) + 0.6))
-    ax.imshow(np.clip(tinted, 0, 1))
+    ax.imshow(tinted(image, ids, num_classes, alpha))
     ax.legend(handles=[Patch(color=colours[c], label=f"class {c}") for c in range(1, num_classes)],
               loc="upper right", fontsize=8, framealpha=0.8)
     ax.axis("off")
