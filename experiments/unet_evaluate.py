@@ -31,12 +31,18 @@ flags.DEFINE_string("calibrate_split", "", "Choose the foreground threshold with
                     "error on this split (e.g. the training slices) and also report the evaluated "
                     "split's pixel error at it (pixel_error_calibrated).")
 flags.DEFINE_string("output", "", "JSON file (default: WORKDIR/eval_DATASET.json).")
+flags.DEFINE_float("scale", 1.0, "Resize each image by this factor before the model, the outputs back "
+                   "to its size: 0.5 for objects twice the size of the training data's.")
+flags.DEFINE_string("report", "", "Also write to this folder per_image.csv (each image's metrics) and "
+                    "contact_sheet.png (the worst and best images, truth and prediction outlined).")
 
 
 def main(argv):
     del argv
     runtime.setup(FLAGS.verbosity)
     try:
+        if not FLAGS.scale > 0:
+            raise ValueError(f"--scale must be > 0, got {FLAGS.scale}")
         run = evaluation.load_trained(FLAGS.workdir, fallback=FLAGS.fallback)
         splits = (FLAGS.split,) + ((FLAGS.calibrate_split,) if FLAGS.calibrate_split else ())
         sources = builders.load(FLAGS.dataset, FLAGS.tfds_dir or builders.tfds_dir(run.config), FLAGS.data_dir,
@@ -44,15 +50,21 @@ def main(argv):
         threshold = None
         if FLAGS.calibrate_split:
             threshold = evaluation.calibrate_threshold(run.config, run.predict, sources[FLAGS.calibrate_split],
-                                                       FLAGS.tta)
+                                                       FLAGS.tta, scale=FLAGS.scale)
         workers = FLAGS.workers or min(len(os.sched_getaffinity(0)), 8)
+        rows = []
         results, _ = evaluation.evaluate(run.config, run.predict, sources[FLAGS.split], tta=FLAGS.tta,
                                          warping=FLAGS.warping, thinned=FLAGS.thinned, threshold=threshold,
-                                         workers=workers)
-    except ValueError as e:
+                                         workers=workers, scale=FLAGS.scale, rows_out=rows)
+        if FLAGS.report:
+            written = evaluation.write_report(run.config, run.predict, sources[FLAGS.split], rows, FLAGS.report,
+                                              tta=FLAGS.tta, scale=FLAGS.scale)
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    print(evaluation.table1(results))
+    print(evaluation.results_table(results, FLAGS.dataset))
+    if FLAGS.report:
+        print(f"report: {', '.join(str(p) for p in written)}")
     print(json.dumps(results, indent=1))
     path = Path(FLAGS.output or Path(FLAGS.workdir) / f"eval_{FLAGS.dataset}.json")
     path.write_text(json.dumps({"dataset": FLAGS.dataset, "split": FLAGS.split, "tta": FLAGS.tta,

@@ -27,6 +27,8 @@ flags.DEFINE_string("input", None, "An image, a folder of images, or a TIFF stac
 flags.DEFINE_string("output", None, "Output folder.", required=True)
 flags.DEFINE_bool("tta", False, "Average over the 8 flips / 90 degree rotations.")
 flags.DEFINE_integer("tile_size", 0, "Input tile size (0: the run's evaluation tile).")
+flags.DEFINE_float("scale", 1.0, "Resize each image by this factor before the model, the outputs back "
+                   "to its size: 0.5 for objects twice the size of the training data's.")
 flags.DEFINE_bool("instances", False, "Also write NAME_instances.tif (16-bit object labels).")
 flags.DEFINE_enum("instances_mode", None, ["components", "watershed", "interior"],
                   "How objects are separated (default: the run's config.instances.mode).")
@@ -39,6 +41,8 @@ def main(argv):
 
     runtime.setup(FLAGS.verbosity)
     try:
+        if not FLAGS.scale > 0:
+            raise ValueError(f"--scale must be > 0, got {FLAGS.scale}")
         if FLAGS.tile_size < 0:
             raise ValueError(f"--tile_size must be >= 0 (0: the run's evaluation tile), got {FLAGS.tile_size}")
         src = Path(FLAGS.input)
@@ -66,7 +70,7 @@ def main(argv):
             for s in slices:
                 image = builders.to_channels(builders.normalise(s), config.model.in_channels, f,
                                              config.data.get("to_grey", False))
-                p = inference.predict_probs(config, run.predict, image, FLAGS.tta, tile_in)
+                p = inference.predict_probs(config, run.predict, image, FLAGS.tta, tile_in, scale=FLAGS.scale)
                 mask = p.argmax(-1).astype(np.uint8)
                 images.append(image)
                 masks.append(mask * 255 if k == 2 else mask)

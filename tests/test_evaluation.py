@@ -1,5 +1,6 @@
 """The one evaluation loop against metrics computed here from scratch, loading a trained run
 (and its bad checkpoints), and the evaluate CLI."""
+import csv
 import functools
 import json
 import shutil
@@ -141,15 +142,21 @@ def test_bad_checkpoints_are_refused_naming_them(trained, tmp_path):
         evaluation.load_trained(empty)
 
 
-def test_evaluate_cli_prints_table1_and_writes_json(trained, tmp_path):
+def test_evaluate_cli_prints_per_class_figures_writes_json_and_a_report(trained, tmp_path):
     config = json.loads((trained / "config.json").read_text())
     proc = subprocess.run([sys.executable, "-m", "experiments.unet_evaluate", "--workdir", str(trained),
                            "--dataset", "synthetic_cells", "--split", "test",
                            "--tfds_dir", config["data"]["tfds_dir"], "--output", str(tmp_path / "e.json"),
-                           "--calibrate_split", "test"],
+                           "--calibrate_split", "test", "--report", str(tmp_path / "report")],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| Warping Error | Rand Error | Pixel Error |" in proc.stdout
+    # not ISBI data: per-class Dice / IoU and instance metrics, not the paper's Table 1
+    assert "| class | Dice | IoU |" in proc.stdout and "DSB 2018 mean AP" in proc.stdout
+    assert "Warping Error" not in proc.stdout
+    with open(tmp_path / "report" / "per_image.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["index"]) for r in table] == [0, 1]
+    assert (tmp_path / "report" / "contact_sheet.png").read_bytes()[:4] == b"\x89PNG"
     res = json.loads((tmp_path / "e.json").read_text())
     for k in ("warping_error", "rand_error", "rand_error_bg_segment", "pixel_error",
               "pixel_error_best_threshold", "dice_1", "iou_1", "dsb_map", "f1@0.5"):
@@ -160,3 +167,14 @@ def test_evaluate_cli_prints_table1_and_writes_json(trained, tmp_path):
     assert res["pixel_error_best_threshold"] <= res["pixel_error_calibrated"] <= res["pixel_error"]
     assert res["calibrated_threshold"] in evaluation.THRESHOLDS and res["calibrate_split"] == "test"
     assert res["images"] == 2
+    # the per-image rows average to the reported figures
+    for k in ("dice", "pixel_error", "dsb_map"):
+        assert abs(np.mean([float(r[k]) for r in table]) - res[k]) < 1e-9, k
+
+
+def test_the_paper_table_is_printed_for_isbi_only():
+    results = {"warping_error": 0.001, "rand_error": 0.05, "pixel_error": 0.07, "dice": 0.9, "iou": 0.8,
+               "dice_0": 0.7, "iou_0": 0.6, "dice_1": 0.9, "iou_1": 0.8}
+    assert "| Warping Error | Rand Error | Pixel Error |" in evaluation.results_table(results, "isbi2012")
+    other = evaluation.results_table(results, "image_folder")
+    assert "Rand" not in other and "| 1 | 0.9000 | 0.8000 |" in other and "instances" not in other

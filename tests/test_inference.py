@@ -156,3 +156,63 @@ def test_a_runs_prediction_path_equals_the_model_and_checks_channels():
     assert inference.eval_tile_size(config) == config.data.eval_tile_size == 64
     with pytest.raises(ValueError, match="image has 3 channels, the model expects 1"):
         inference.predict_probs(config, predict, np.zeros((64, 64, 3), np.float32))
+
+
+def _one_size_model(min_area: int, max_area: int):
+    """A stand-in for a model trained on one object size: the foreground is the bright objects
+    of ``min_area`` to ``max_area`` pixels, so objects much smaller or larger than the ones it
+    'learnt' are missed."""
+    from scipy import ndimage
+
+    def predict(tiles):  # [N, S, S, 1] -> [N, S, S, 2]
+        out = []
+        for t in np.asarray(tiles):
+            labels, n = ndimage.label(t[..., 0] > 0.5)
+            areas = np.bincount(labels.ravel(), minlength=n + 1)
+            keep = (areas >= min_area) & (areas <= max_area)
+            keep[0] = False
+            fg = keep[labels].astype(np.float32)
+            out.append(np.stack([1 - fg, fg], -1))
+        return np.stack(out)
+
+    return predict
+
+
+def _matched(labels, reference) -> int:
+    """Objects of ``reference`` with an object of ``labels`` overlapping it at IoU > 0.8."""
+    hits = 0
+    for i in range(1, reference.max() + 1):
+        obj = reference == i
+        ids, counts = np.unique(labels[obj], return_counts=True)
+        j = ids[np.argmax(np.where(ids > 0, counts, -1))]
+        hits += j > 0 and (obj & (labels == j)).sum() / (obj | (labels == j)).sum() > 0.8
+    return hits
+
+
+def test_objects_at_twice_and_half_the_size_come_out_as_the_same_objects_with_scale():
+    from ml_collections import ConfigDict
+    from skimage import draw, transform
+
+    from unet_jax import instances
+
+    base = np.zeros((160, 160), np.float32)
+    centres = [(30, 30), (30, 90), (40, 135), (95, 50), (110, 115), (135, 30)]
+    for y, x in centres:
+        base[draw.disk((y, x), 10, shape=base.shape)] = 1.0
+    config = ConfigDict({"model": {"in_channels": 1, "depth": 2, "padding": "same", "num_classes": 2},
+                         "data": {"tile_size": 32, "eval_tile_size": 512}, "eval_batch_tiles": 1})
+    predict = _one_size_model(150, 700)  # the discs: 317 pixels; at twice the size 1257, at half 81
+
+    def objects(image, scale):
+        probs = inference.predict_probs(config, predict, image, tile_size=512, scale=scale)
+        assert probs.shape == image.shape + (2,)
+        return instances.components(probs[..., 1] > 0.5)
+
+    truth = objects(base, 1.0)
+    assert truth.max() == len(centres)  # the model sees the objects of the size it knows
+    for factor in (2.0, 0.5):
+        image = transform.rescale(base, factor, order=1, anti_aliasing=factor < 1)
+        assert objects(image, 1.0).max() == 0  # at another size it misses them all
+        found = objects(image, 1 / factor)  # --scale 1 / factor brings them back
+        back = transform.resize(found, base.shape, order=0, preserve_range=True, anti_aliasing=False).astype(int)
+        assert found.max() == len(centres) and _matched(back, truth) == len(centres), factor

@@ -93,27 +93,30 @@ def _trained(config, cfg_path, step, where, meta, saved) -> Trained:
     return Trained(config, variables, step, functools.partial(predict, variables))
 
 
-def calibrate_threshold(config, predict, source, tta: bool = False) -> float:
+def calibrate_threshold(config, predict, source, tta: bool = False, scale: float = 1.0) -> float:
     """The foreground threshold (one of ``THRESHOLDS``) with the smallest pixel error summed over
     the images of ``source``: chosen on data other than the evaluated split (e.g. the training
     slices), it corrects the bias of a class-weighted loss without looking at the test set."""
     errors = np.zeros(len(THRESHOLDS))
     for i in range(len(source)):
         ex = source[i]
-        fg = inference.predict_probs(config, predict, ex["image"], tta)[..., 1:].sum(-1)
+        fg = inference.predict_probs(config, predict, ex["image"], tta, scale=scale)[..., 1:].sum(-1)
         errors += metrics.pixel_errors(fg, ex["labels"] > 0, THRESHOLDS)
     return float(THRESHOLDS[int(np.argmin(errors))])
 
 
 def evaluate(config, predict, source, *, tta: bool = False, quick: bool = False,
              max_images: int | None = None, warping: bool = True, thinned: bool = False,
-             threshold: float | None = None, workers: int = 1) -> tuple[dict, list]:
+             threshold: float | None = None, workers: int = 1, scale: float = 1.0,
+             rows_out: list | None = None) -> tuple[dict, list]:
     """Whole-image predictions (:func:`unet_jax.inference.predict_probs`) of the first
     ``max_images`` images of ``source`` and their metrics (:func:`image_metrics`), averaged
     over the images.
 
     With ``workers`` > 1 the metrics of each image are computed in that many worker processes
-    while the next images are predicted; the values are the same as with one.
+    while the next images are predicted; the values are the same as with one. ``scale``
+    resizes each image before the model (:func:`unet_jax.inference.predict_probs`);
+    ``rows_out``, when given, receives each image's own metrics (with its ``index``).
 
     Returns:
       (metrics, samples): samples are (image, labels, foreground probability) of the first 4.
@@ -127,7 +130,7 @@ def evaluate(config, predict, source, *, tta: bool = False, quick: bool = False,
     try:
         for i in range(count):
             ex = source[i]
-            probs = inference.predict_probs(config, predict, ex["image"], tta)
+            probs = inference.predict_probs(config, predict, ex["image"], tta, scale=scale)
             pending.append(_submit(pool, image_metrics, probs, ex["labels"], ex["instances"], **options))
             if len(samples) < 4:
                 samples.append((ex["image"], ex["labels"], probs[..., 1:].sum(-1)))
@@ -137,6 +140,8 @@ def evaluate(config, predict, source, *, tta: bool = False, quick: bool = False,
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
+    if rows_out is not None:
+        rows_out.extend({"index": i, **r} for i, r in enumerate(rows))
     keys = sorted({key for r in rows for key in r})
     summary = {key: float(np.mean([r[key] for r in rows if key in r])) for key in keys}
     return {"images": len(rows), **summary}, samples
@@ -225,3 +230,61 @@ def table1(results: dict, name: str = "unet_jax") -> str:
              f"| {name} | {results.get('warping_error', float('nan')):.6f} | "
              f"{results['rand_error']:.4f} | {results['pixel_error']:.4f} |"]
     return "\n".join(lines)
+
+
+def results_table(results: dict, dataset: str) -> str:
+    """The printout of ``unet_evaluate``: the paper's Table 1 for ISBI 2012 (:func:`table1`);
+    for other data Dice and IoU per class and, where there are instances, the instance metrics.
+    (The ISBI errors of other data stay in the JSON: a Rand error of data with one object per
+    image measures almost nothing.)"""
+    if dataset == "isbi2012":
+        return table1(results)
+    classes = sorted(int(k[5:]) for k in results if k.startswith("dice_") and k[5:].isdigit())
+    lines = ["| class | Dice | IoU |", "|---|---|---|"]
+    lines += [f"| {c} | {results[f'dice_{c}']:.4f} | {results[f'iou_{c}']:.4f} |" for c in classes]
+    lines.append(f"| mean of the foreground classes | {results['dice']:.4f} | {results['iou']:.4f} |")
+    if "dsb_map" in results:
+        names = [("dsb_map", "DSB 2018 mean AP"), ("ap@0.5", "AP@0.5"), ("f1@0.5", "F1@0.5"), ("pq", "PQ")]
+        lines += ["", "| instances | |", "|---|---|"]
+        lines += [f"| {label} | {results[k]:.4f} |" for k, label in names if k in results]
+    return "\n".join(lines)
+
+
+def write_report(config, predict, source, rows: list[dict], folder: str | Path, tta: bool = False,
+                 scale: float = 1.0, count: int = 4) -> list[Path]:
+    """Writes ``per_image.csv`` (each image's metrics, from :func:`evaluate`'s ``rows_out``) and
+    ``contact_sheet.png``: the ``count`` worst and best images by DSB mean AP where the data has
+    instances, else by Dice, each with the truth outlined in green and the prediction in
+    magenta (predicted again: only these images). Returns the two paths."""
+    import csv
+
+    from skimage import segmentation
+
+    from unet_jax import plots
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = "dsb_map" if any("dsb_map" in r for r in rows) else "dice"
+    names = ["index"] + sorted({k for r in rows for k in r} - {"index"})
+    table = folder / "per_image.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    ranked = sorted((r for r in rows if key in r), key=lambda r: r[key])
+    chosen = ranked[:count] + [r for r in ranked[-count:] if r not in ranked[:count]]
+    panels = []
+    for n, r in enumerate(chosen):
+        ex = source[r["index"]]
+        probs = inference.predict_probs(config, predict, ex["image"], tta, scale=scale)
+        truth = ex["instances"] if ex["instances"].max() > 0 else ex["labels"]
+        pred = predicted_instances(config, probs) if ex["instances"].max() > 0 else probs.argmax(-1)
+        img = np.asarray(ex["image"], np.float32)
+        rgb = img[..., :3] if img.shape[-1] >= 3 else np.repeat(img[..., :1], 3, -1)
+        rgb = np.clip(rgb, 0, 1).copy()
+        rgb[segmentation.find_boundaries(truth, mode="inner")] = (0.1, 0.9, 0.1)
+        rgb[segmentation.find_boundaries(pred, mode="inner")] = (0.95, 0.1, 0.95)
+        panels.append((rgb, f"{'worst' if n < count else 'best'}: image {r['index']}, {key} {r[key]:.3f}"))
+    sheet = folder / "contact_sheet.png"
+    plots.labelled_grid(panels, sheet, columns=count)
+    return [table, sheet]

@@ -17,6 +17,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from skimage import transform
 
 from unet_jax import unet
 from unet_jax.data.loader import mirror_pad
@@ -164,12 +165,17 @@ def eval_tile_size(config) -> int:
     return max(unet.tile_sizes(config.data.tile_size, m.depth, m.padding)[0], config.data.eval_tile_size)
 
 
-def predict_probs(config, predict: Callable, image, tta: bool = False, tile_size: int = 0) -> np.ndarray:
+def predict_probs(config, predict: Callable, image, tta: bool = False, tile_size: int = 0,
+                  scale: float = 1.0) -> np.ndarray:
     """[H, W, K] probabilities of one image [H, W, C] with a run's model (``config.model``),
     tiles of ``tile_size`` (default :func:`eval_tile_size`) and ``config.eval_batch_tiles``.
 
+    ``scale`` resizes the image by that factor before the model (bilinear; smoothed first when
+    it shrinks) and the probabilities back to H x W: objects ``1 / scale`` times the size of
+    the training data's come to the model at the size it learnt (as Cellpose's diameter does).
+
     Raises:
-      ValueError: when the image's channels are not the model's.
+      ValueError: when the image's channels are not the model's, or ``scale`` is not positive.
     """
     m = config.model
     image = np.asarray(image, np.float32)
@@ -177,6 +183,16 @@ def predict_probs(config, predict: Callable, image, tta: bool = False, tile_size
         image = image[..., None]
     if image.shape[-1] != m.in_channels:
         raise ValueError(f"image has {image.shape[-1]} channels, the model expects {m.in_channels}")
-    return predict_image(predict, image, depth=m.depth, padding=m.padding,
-                         tile_size=tile_size or eval_tile_size(config), num_classes=m.num_classes,
-                         tta=tta, batch_tiles=config.eval_batch_tiles)
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    h, w = image.shape[:2]
+    if scale != 1.0:
+        size = (max(round(h * scale), 1), max(round(w * scale), 1), image.shape[-1])
+        image = transform.resize(image, size, order=1, anti_aliasing=scale < 1, preserve_range=True)
+    probs = predict_image(predict, image.astype(np.float32), depth=m.depth, padding=m.padding,
+                          tile_size=tile_size or eval_tile_size(config), num_classes=m.num_classes,
+                          tta=tta, batch_tiles=config.eval_batch_tiles)
+    if scale != 1.0:
+        probs = transform.resize(probs, (h, w, m.num_classes), order=1, preserve_range=True)
+        probs = (probs / np.maximum(probs.sum(-1, keepdims=True), 1e-12)).astype(np.float32)
+    return probs

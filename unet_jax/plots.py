@@ -188,3 +188,16 @@ def image_grid(images, rows: int, path: str | os.PathLike) -> None:
     n, h, w = images.shape
     grid = images.reshape(rows, n // rows, h, w).transpose(0, 2, 1, 3).reshape(rows * h, n // rows * w)
     plt.imsave(path, grid, cmap="gray", vmin=0, vmax=1)
+
+
+def labelled_grid(panels, path: str | os.PathLike, columns: int = 4) -> None:
+    """RGB images [H, W, 3] in [0, 1], each with its title, in rows of ``columns``."""
+    plt = pyplot()
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (rgb, title) in zip(axes.ravel(), panels):
+        ax.imshow(rgb)
+        ax.set_title(title, fontsize=8)
+    _save(plt, fig, path, 100)
