@@ -365,3 +365,62 @@ def test_processes_preparing_one_dataset_at_once_take_turns(tmp_path):
         assert p.returncode == 0, out[-2000:]
     np.testing.assert_array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
     assert not [p for p in (tmp_path / "synthetic_cells").rglob("incomplete*")]
+
+
+def test_hed_conversions_equal_skimage_and_stain_jitter_moves_each_stain_as_drawn():
+    from skimage import color
+
+    rgb = np.random.default_rng(0).uniform(0.05, 1.0, (16, 16, 3)).astype(np.float32)
+    hed = np.asarray(augment.rgb_to_hed(jnp.asarray(rgb)))
+    np.testing.assert_allclose(hed, color.rgb2hed(rgb), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(augment.hed_to_rgb(jnp.asarray(hed))), color.hed2rgb(hed), atol=1e-5)
+    # the jittered image is hed2rgb of the concentrations scaled and shifted by the drawn values
+    key = jax.random.key(3, impl="threefry2x32")
+    out = np.asarray(augment.stain_jitter(key, jnp.asarray(rgb), 0.1))
+    ka, kb = jax.random.split(key)
+    alpha = np.asarray(jax.random.uniform(ka, (3,), minval=0.9, maxval=1.1))
+    beta = np.asarray(jax.random.uniform(kb, (3,), minval=-0.1, maxval=0.1))
+    np.testing.assert_allclose(out, color.hed2rgb(color.rgb2hed(rgb) * alpha + beta), atol=1e-5)
+    assert np.abs(out - rgb).mean() > 1e-3
+    with pytest.raises(ValueError, match="needs RGB images, got 1 channels"):
+        augment.stain_jitter(key, jnp.ones((4, 4, 1)), 0.1)
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_the_zoom_scales_an_object_about_the_centre(factor):
+    """A disc at the centre of a tile: zoomed by f its area is f^2 times its own, in the image,
+    the labels and the weights alike (the elastic part switched off; zooming out brings in the
+    mirrored surroundings, so the central object is measured)."""
+    from scipy import ndimage
+    from skimage import draw
+
+    labels = np.zeros((64, 64), np.int32)
+    labels[draw.disk((31.5, 31.5), 10, shape=labels.shape)] = 1
+    image = labels[..., None].astype(np.float32)
+    disp = augment.zoom_field(labels.shape, factor)
+    warped_image, warped_labels, warped_weights = augment.elastic(
+        jax.random.key(0, impl="threefry2x32"), jnp.asarray(image), jnp.asarray(labels),
+        jnp.asarray(labels, jnp.float32), sigma=0.0, extra=disp)
+    area = labels.sum()
+    parts = ndimage.label(np.asarray(warped_labels) > 0)[0]
+    centre = parts == parts[32, 32]
+    assert abs(centre.sum() / area - factor ** 2) < 0.08 * factor ** 2
+    assert abs(float(np.asarray(warped_image)[..., 0][centre].sum()) / area - factor ** 2) < 0.08 * factor ** 2
+    assert abs(float(np.asarray(warped_weights)[centre].sum()) / area - factor ** 2) < 0.08 * factor ** 2
+
+
+def test_zoom_and_stain_run_in_the_batched_step_and_stain_needs_rgb():
+    from tests.helpers import tiny_config
+    from unet_jax import train
+
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.random((2, 32, 32, 3), np.float32), "labels": rng.integers(0, 3, (2, 32, 32)).astype(np.int32),
+             "weights": np.ones((2, 32, 32), np.float32), "index": np.arange(2, dtype=np.int32)}
+    cfg = augment.AugmentConfig(scale=0.3, stain=0.05)
+    out = jax.jit(augment.augment_batch, static_argnames="cfg")(jax.random.key(0), batch, cfg=cfg)
+    assert out["image"].shape == (2, 32, 32, 3) and bool(jnp.isfinite(out["image"]).all())
+    assert set(np.unique(np.asarray(out["labels"]))) <= {0, 1, 2}
+    config = tiny_config("")
+    config.augment.stain = 0.05
+    with pytest.raises(ValueError, match="augment.stain needs RGB images"):
+        train.step_config(config)

@@ -55,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
     a.brightness = 0.1
     a.contrast = 0.2
     a.gamma = 0.3
+    a.scale = 0.0  # random zoom ~ exp(U(-s, s)): objects of other sizes (0: off)
+    a.stain = 0.0  # RGB: haematoxylin / eosin / DAB stain jitter, each x U(1-s, 1+s) + U(-s, s)
 
     c.instances = i = ml_collections.ConfigDict()  # objects from the predictions (unet_predict
     i.mode = "watershed"  # --instances, instance metrics): components | watershed | interior

@@ -7,6 +7,12 @@ into per-pixel displacements by bicubic interpolation, and applied identically t
 rotations, and grey-value changes (brightness, contrast, gamma). Shifts and crops are the
 loader's random tiles (:mod:`unet_jax.data.loader`).
 
+For models meant to hold beyond their training images: a random zoom (objects of other sizes,
+in the same warp as the elastic deformation) and, for RGB images of stained tissue or cells,
+stain jitter in the haematoxylin-eosin-DAB optical-density space (Tellez et al. 2018, "Whole-
+slide mitosis detection in H&E breast histology using PHH3 as a reference"; the colour
+deconvolution of Ruifrok & Johnston 2001, as ``skimage.color.rgb2hed``).
+
 One example: image [H, W, C], labels [H, W], weights [H, W] with H == W.
 """
 from __future__ import annotations
@@ -27,6 +33,8 @@ class AugmentConfig:
     brightness: float = 0.1  # additive shift ~ U(-b, b)
     contrast: float = 0.2  # factor ~ U(1 - c, 1 + c) around the mean
     gamma: float = 0.3  # exponent ~ exp(U(-g, g))
+    scale: float = 0.0  # zoom factor ~ exp(U(-s, s)) about the tile's centre; 0 disables
+    stain: float = 0.0  # HED jitter (RGB): each stain x U(1 - s, 1 + s) + U(-s, s); 0 disables
 
 
 def displacement_field(rng, shape, grid: int = 3, sigma: float = 10.0):
@@ -51,9 +59,48 @@ def warp(x, disp, order: int):
                       for c in range(x.shape[-1])], -1)
 
 
-def elastic(rng, image, labels, weights, grid: int = 3, sigma: float = 10.0):
-    """The same smooth deformation applied to image, labels (nearest) and weights."""
+def zoom_field(shape, factor):
+    """Displacements [H, W, 2] that zoom by ``factor`` about the centre (> 1 enlarges)."""
+    h, w = shape[0], shape[1]
+    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                          indexing="ij")
+    centred = jnp.stack([yy - (h - 1) / 2, xx - (w - 1) / 2], -1)
+    return centred * (1.0 / factor - 1.0)
+
+
+# Ruifrok & Johnston 2001 (skimage.color): rows are the RGB optical densities of H, E and DAB
+RGB_FROM_HED = jnp.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = jnp.linalg.inv(RGB_FROM_HED)
+_LOG_EPS = float(jnp.log(1e-6))  # skimage's log_adjust
+
+
+def rgb_to_hed(rgb):
+    """[..., 3] RGB in [0, 1] -> stain concentrations [..., 3] (``skimage.color.rgb2hed``)."""
+    od = jnp.log(jnp.maximum(rgb, 1e-6)) / _LOG_EPS
+    return jnp.maximum(od @ HED_FROM_RGB, 0.0)
+
+
+def hed_to_rgb(hed):
+    """Stain concentrations [..., 3] -> RGB in [0, 1] (``skimage.color.hed2rgb``)."""
+    return jnp.clip(jnp.exp(-(hed * -_LOG_EPS) @ RGB_FROM_HED), 0.0, 1.0)
+
+
+def stain_jitter(rng, image, amount: float):
+    """Each stain's concentration x U(1 - a, 1 + a) + U(-a, a), one draw per stain and image."""
+    if image.shape[-1] != 3:
+        raise ValueError(f"stain augmentation needs RGB images, got {image.shape[-1]} channels")
+    ka, kb = jax.random.split(rng)
+    alpha = jax.random.uniform(ka, (3,), minval=1 - amount, maxval=1 + amount)
+    beta = jax.random.uniform(kb, (3,), minval=-amount, maxval=amount)
+    return hed_to_rgb(rgb_to_hed(image) * alpha + beta)
+
+
+def elastic(rng, image, labels, weights, grid: int = 3, sigma: float = 10.0, extra=None):
+    """The same smooth deformation (plus displacements ``extra`` [H, W, 2]) applied to image,
+    labels (nearest) and weights."""
     disp = displacement_field(rng, labels.shape, grid, sigma)
+    if extra is not None:
+        disp = disp + extra
     warped_labels = warp(labels.astype(jnp.float32), disp, 0).astype(labels.dtype)
     return warp(image, disp, 1), warped_labels, warp(weights, disp, 1)
 
@@ -83,10 +130,17 @@ def grey_values(rng, image, brightness: float, contrast: float, gamma: float):
 
 
 def augment_example(rng, image, labels, weights, cfg: AugmentConfig = AugmentConfig()):
-    """One example through elastic deformation, flips / rotations and grey-value changes."""
+    """One example through elastic deformation and zoom, flips / rotations, stain jitter and
+    grey-value changes."""
     ke, kg, kv = jax.random.split(rng, 3)
-    if cfg.elastic_sigma > 0:
-        image, labels, weights = elastic(ke, image, labels, weights, cfg.elastic_grid, cfg.elastic_sigma)
+    zoom = None
+    if cfg.scale > 0:
+        log_zoom = jax.random.uniform(jax.random.fold_in(rng, 1), (), minval=-cfg.scale, maxval=cfg.scale)
+        zoom = zoom_field(labels.shape, jnp.exp(log_zoom))
+    if cfg.elastic_sigma > 0 or zoom is not None:
+        image, labels, weights = elastic(ke, image, labels, weights, cfg.elastic_grid, cfg.elastic_sigma, zoom)
+    if cfg.stain > 0:
+        image = stain_jitter(jax.random.fold_in(rng, 2), image, cfg.stain)
     if cfg.flips or cfg.rot90:
         if image.shape[0] != image.shape[1] and cfg.rot90:
             raise ValueError(f"rot90 augmentation needs square tiles, got {image.shape[:2]}")
