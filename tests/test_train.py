@@ -298,7 +298,8 @@ def test_no_recompilation_per_step():
     assert int(state.step) == 4
 
 
-@pytest.mark.parametrize("name,variant", [("isbi2012", "paper"), ("isbi2012", "cpu"), ("nuclei", None)])
+@pytest.mark.parametrize("name,variant", [("isbi2012", "paper"), ("isbi2012", "cpu"), ("nuclei", None),
+                                          ("wbc", "default"), ("wbc", "robust")])
 def test_config_variants_only_override_fields_of_the_default(name, variant):
     """A misspelt field in a variant would be a silent no-op (ConfigDict adds it)."""
     import dataclasses

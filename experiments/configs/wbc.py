@@ -4,11 +4,15 @@ nucleus) from grey-level masks 0 / 128 / 255, RGB input, a fixed 80/20 split (im
 
     python -m experiments.unet_segment --workdir runs/wbc --config experiments/configs/wbc.py \
         --config.data.data_dir ../shared/data/wbc_dataset1
+
+The ``robust`` variant (``experiments/configs/wbc.py:robust``) adds HED stain jitter and a
+random zoom, for smears stained and magnified otherwise than this lab's
+(``benchmarks/stain_scale_proxy.py`` measures both on re-stained and resized held-out images).
 """
 from experiments.configs import default
 
 
-def get_config():
+def get_config(variant: str = "default"):
     c = default.get_config()
     c.model.num_classes = 3
     c.model.in_channels = 3
@@ -26,4 +30,9 @@ def get_config():
     c.eval_max_images = 20
     c.checkpoint_every = 500
     c.time_budget_s = 1740.0  # stays inside 30 minutes of training on 2 CPU cores
+    if variant == "robust":
+        c.augment.stain = 0.1  # haematoxylin / eosin / DAB each x U(0.9, 1.1) + U(-0.1, 0.1)
+        c.augment.scale = 0.5  # zoom x 0.61 ... 1.65
+    elif variant != "default":
+        raise ValueError(f"wbc config variants: default, robust; got {variant!r}")
     return c

@@ -1,0 +1,85 @@
+"""How a trained RGB model holds on smears stained and magnified otherwise than its own: the
+held-out images as they are, re-stained by a fixed transform that training never draws (in
+haematoxylin-eosin-DAB optical density: H x 1.5 + 0.05, E x 0.6 - 0.05, which turns this
+lab's yellowish smears pink-violet), and enlarged 2.5x (labels by nearest neighbour), predicted
+as they are and with ``scale=0.4``. One JSON line per workdir with per-class Dice on each.
+
+    python -m benchmarks.stain_scale_proxy --workdir RUN [--workdir RUN2 ...] [--output FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+STAIN_ALPHA = np.array([1.5, 0.6, 1.0])  # outside the robust config's U(0.9, 1.1)
+STAIN_BETA = np.array([0.05, -0.05, 0.0])
+ENLARGE = 2.5
+
+
+class Transformed:
+    """A source whose examples' images (and, when resized, labels and instances) are changed."""
+
+    def __init__(self, source, image_fn=None, factor: float = 1.0):
+        self.source, self.image_fn, self.factor = source, image_fn, factor
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        from skimage import transform
+
+        ex = dict(self.source[i])
+        if self.image_fn is not None:
+            ex["image"] = self.image_fn(ex["image"])
+        if self.factor != 1.0:
+            h, w = ex["labels"].shape
+            size = (round(h * self.factor), round(w * self.factor))
+            ex["image"] = transform.resize(ex["image"], size + ex["image"].shape[2:], order=1,
+                                           preserve_range=True).astype(np.float32)
+            for k in ("labels", "instances"):
+                ex[k] = transform.resize(ex[k], size, order=0, preserve_range=True,
+                                         anti_aliasing=False).astype(ex[k].dtype)
+        return ex
+
+
+def restain(image: np.ndarray) -> np.ndarray:
+    from skimage import color
+
+    return color.hed2rgb(color.rgb2hed(np.clip(image, 0, 1)) * STAIN_ALPHA + STAIN_BETA).astype(np.float32)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", action="append", required=True)
+    p.add_argument("--output", default="", help="also append the JSON lines to this file")
+    a = p.parse_args(argv)
+
+    from unet_jax import evaluation, runtime
+    from unet_jax.data import builders
+
+    runtime.setup(0)
+    for workdir in a.workdir:
+        summary = json.loads(open(os.path.join(workdir, "summary.json")).read())
+        run = evaluation.load_trained(workdir, step=summary["step"])  # the final step, as own_data_quality
+        _, held_out = builders.load_train_eval(run.config)
+        cases = {"as_is": (held_out, 1.0), "restained": (Transformed(held_out, restain), 1.0),
+                 "enlarged": (Transformed(held_out, factor=ENLARGE), 1.0),
+                 "enlarged_scale_0.4": (Transformed(held_out, factor=ENLARGE), 1 / ENLARGE),
+                 "restained_enlarged_scale_0.4": (Transformed(held_out, restain, ENLARGE), 1 / ENLARGE)}
+        line = {"benchmark": "stain_scale_proxy", "workdir": workdir, "steps": summary["step"],
+                "augment": {k: run.config.augment[k] for k in ("stain", "scale") if k in run.config.augment}}
+        for name, (source, scale) in cases.items():
+            res, _ = evaluation.evaluate(run.config, run.predict, source, warping=False, quick=True,
+                                         scale=scale, workers=len(os.sched_getaffinity(0)))
+            line[name] = {k: round(res[k], 4) for k in ("dice_1", "dice_2", "pixel_error") if k in res}
+        print(json.dumps(line), flush=True)
+        if a.output:
+            with open(a.output, "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
