@@ -11,11 +11,13 @@ from pathlib import Path
 
 from absl import app, flags
 
-from unet_jax import evaluation, runtime
+from unet_jax import evaluation, pretrained, runtime
 from unet_jax.data import builders
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A trained run.", required=True)
+flags.DEFINE_string("model", None, "A shipped model's name, a trained run's workdir, a model folder, or a "
+                    "bioimage.io package (NAME.zip).")
+flags.DEFINE_string("workdir", None, "A trained run; the same as --model.")
 flags.DEFINE_bool("fallback", False, "If the checkpoint cannot be read, use the next older one.")
 flags.DEFINE_string("dataset", None, "synthetic_cells | isbi2012 | nuclei_dsb | image_folder.", required=True)
 flags.DEFINE_string("data_dir", "", "The dataset's local source folder.")
@@ -43,7 +45,10 @@ def main(argv):
     try:
         if not FLAGS.scale > 0:
             raise ValueError(f"--scale must be > 0, got {FLAGS.scale}")
-        run = evaluation.load_trained(FLAGS.workdir, fallback=FLAGS.fallback)
+        if (FLAGS.model is None) == (FLAGS.workdir is None):
+            raise ValueError("give one of --model (a shipped name, a workdir, a model folder or a .zip) and --workdir")
+        model = FLAGS.model or FLAGS.workdir
+        run = pretrained.resolve(model, fallback=FLAGS.fallback)
         splits = (FLAGS.split,) + ((FLAGS.calibrate_split,) if FLAGS.calibrate_split else ())
         sources = builders.load(FLAGS.dataset, FLAGS.tfds_dir or builders.tfds_dir(run.config), FLAGS.data_dir,
                                 splits=splits, **builders.dataset_options(run.config, FLAGS.dataset))
@@ -66,7 +71,10 @@ def main(argv):
     if FLAGS.report:
         print(f"report: {', '.join(str(p) for p in written)}")
     print(json.dumps(results, indent=1))
-    path = Path(FLAGS.output or Path(FLAGS.workdir) / f"eval_{FLAGS.dataset}.json")
+    shipped = model in pretrained.names() or not Path(model).is_dir()  # a name or a .zip: here
+    default = Path(f"eval_{Path(model).stem}_{FLAGS.dataset}.json") if shipped \
+        else Path(model) / f"eval_{FLAGS.dataset}.json"
+    path = Path(FLAGS.output or default)
     path.write_text(json.dumps({"dataset": FLAGS.dataset, "split": FLAGS.split, "tta": FLAGS.tta,
                                 "calibrate_split": FLAGS.calibrate_split, **results}, indent=1))
 

@@ -5,7 +5,7 @@
     python -m experiments.unet_predict --workdir runs/ --input stack.tif --output out/
 
     python -m experiments.unet_predict --workdir runs/ --input folder/ --output out/ --instances
-    python -m experiments.unet_predict --workdir my_unet.zip --input folder/ --output out/
+    python -m experiments.unet_predict --model my_unet.zip --input folder/ --output out/
 
 Writes NAME_mask.png (0/255 for two classes, else class ids), NAME_prob.tif (float32
 [K, H, W]) and NAME_overlay.png (for K > 2 classes, each class in its colour with a legend); a
@@ -20,8 +20,9 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A trained run (config.json + checkpoints/), or a bioimage.io "
-                    "package (NAME.zip, from unet_export), run through ONNX Runtime.", required=True)
+flags.DEFINE_string("model", None, "A shipped model's name, a trained run's workdir, a model folder, or a "
+                    "bioimage.io package (NAME.zip, from unet_export; run through ONNX Runtime).")
+flags.DEFINE_string("workdir", None, "A trained run (config.json + checkpoints/); the same as --model.")
 flags.DEFINE_bool("fallback", False, "If the checkpoint cannot be read, use the next older one.")
 flags.DEFINE_string("input", None, "An image, a folder of images, or a TIFF stack.", required=True)
 flags.DEFINE_string("output", None, "Output folder.", required=True)
@@ -36,7 +37,7 @@ flags.DEFINE_enum("instances_mode", None, ["components", "watershed", "interior"
 
 def main(argv):
     del argv
-    from unet_jax import evaluation, inference, runtime
+    from unet_jax import inference, pretrained, runtime
     from unet_jax.data import builders, readers
 
     runtime.setup(FLAGS.verbosity)
@@ -52,12 +53,7 @@ def main(argv):
             if src.is_dir() else [src]
         if not files:
             raise ValueError(f"--input {src}: no images ({', '.join(readers.IMAGE_SUFFIXES)}) found")
-        if FLAGS.workdir.endswith(".zip"):
-            from unet_jax import zoo
-
-            run = zoo.load_package(FLAGS.workdir)
-        else:
-            run = evaluation.load_trained(FLAGS.workdir, fallback=FLAGS.fallback)
+        run = pretrained.resolve(_model_flag(), fallback=FLAGS.fallback)
         config = run.config
         out = Path(FLAGS.output)
         k = config.model.num_classes
@@ -82,6 +78,12 @@ def main(argv):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def _model_flag() -> str:
+    if (FLAGS.model is None) == (FLAGS.workdir is None):
+        raise ValueError("give one of --model (a shipped name, a workdir, a model folder or a .zip) and --workdir")
+    return FLAGS.model or FLAGS.workdir
 
 
 def _instances(config, probs: np.ndarray) -> np.ndarray:
