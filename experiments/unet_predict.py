@@ -6,6 +6,7 @@
 
     python -m experiments.unet_predict --workdir runs/ --input folder/ --output out/ --instances
     python -m experiments.unet_predict --model my_unet.zip --input folder/ --output out/
+    python -m experiments.unet_predict --model wbc --input smears/ --output out/   # a shipped model
 
 Writes NAME_mask.png (0/255 for two classes, else class ids), NAME_prob.tif (float32
 [K, H, W]) and NAME_overlay.png (for K > 2 classes, each class in its colour with a legend); a
