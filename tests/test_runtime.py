@@ -61,7 +61,12 @@ IMPORT_PROBE = """
 import ctypes, logging, os, sys
 env = dict(os.environ)
 import unet_jax, unet_jax.metrics, unet_jax.train, unet_jax.evaluation, unet_jax.mnist_train
+import unet_jax.pretrained, unet_jax.zoo, unet_jax.onnx_graph
 assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())
+from jax._src import xla_bridge
+# no JAX computation at import: it would start the backend before jax.distributed.initialize
+# (multi-process runs) and before the malloc settings
+assert not xla_bridge._backends, "importing unet_jax started a JAX backend"
 print(logging.getLogger().level, logging.getLogger("absl").level)
 """
 

@@ -21,6 +21,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy import ndimage as jndi
 
 
@@ -69,9 +70,11 @@ def zoom_field(shape, factor):
 
 
 # Ruifrok & Johnston 2001 (skimage.color): rows are the RGB optical densities of H, E and DAB
-RGB_FROM_HED = jnp.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = jnp.linalg.inv(RGB_FROM_HED)
-_LOG_EPS = float(jnp.log(1e-6))  # skimage's log_adjust
+# (numpy, not jax: a jax computation at import would start the backend before a multi-process
+# run's jax.distributed.initialize)
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+_LOG_EPS = float(np.log(1e-6))  # skimage's log_adjust
 
 
 def rgb_to_hed(rgb):
