@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
@@ -58,10 +60,7 @@ def main(argv=None):
                 "compile_speedup": round(cold["compile_s"] / warm["compile_s"], 1),
                 "warm_compiled_nothing_new": warm["cache_files"] == cold["cache_files"],
                 "cpu": os.cpu_count()}
-        print(json.dumps(line), flush=True)
-        if a.output:
-            with open(a.output, "a") as f:
-                f.write(json.dumps(line) + "\n")
+        jsonl.Lines(a.output).emit(line)
 
 
 if __name__ == "__main__":

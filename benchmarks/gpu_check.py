@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # stage limits (s) of a full check; they add up to 9.5 minutes
@@ -113,13 +115,8 @@ def main(argv=None):
     work = Path(a.workdir or tempfile.mkdtemp(prefix="gpu_check_"))
     work.mkdir(parents=True, exist_ok=True)
     log = work / "gpu_check.log"  # every stage's stderr and stdout
-    lines = []
-
-    def emit(d):
-        lines.append(d)
-        print(json.dumps(d), flush=True)
-        with open(a.output, "a") as f:
-            f.write(json.dumps(d) + "\n")
+    lines = jsonl.Lines(a.output)
+    emit = lines.emit
 
     py = sys.executable
     t0 = time.perf_counter()

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import functools
 import io
-import json
 import os
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import jsonl
 from experiments.configs import isbi2012
 from unet_jax import layers, losses, parallel, runtime, train, unet
 from unet_jax.data import augment, synthetic
@@ -249,14 +249,8 @@ def main(argv=None):
     p.add_argument("--output", default="", help="also append the JSON lines to this file")
     a = p.parse_args(argv)
     runtime.setup()
-    lines = []
-
-    def emit(d):
-        lines.append(d)
-        print(json.dumps(d), flush=True)
-        if a.output:
-            with open(a.output, "a") as f:
-                f.write(json.dumps(d) + "\n")
+    lines = jsonl.Lines(a.output)
+    emit = lines.emit
 
     dev = jax.devices()[0]
     stats = dev.memory_stats() or {}

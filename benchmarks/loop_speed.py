@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import functools
 import io
-import json
 import os
 import statistics
 import tempfile
@@ -32,6 +31,7 @@ import time
 import jax
 import numpy as np
 
+from benchmarks import jsonl
 from experiments.configs import default
 from unet_jax import parallel, runtime, train
 from unet_jax.data import builders, loader
@@ -148,15 +148,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     runtime.setup()
     tmp = tempfile.mkdtemp(prefix="loop_speed_")
-    lines = []
-
-    def emit(d):
-        d = {**d, "label": a.label} if a.label else d
-        lines.append(d)
-        print(json.dumps(d), flush=True)
-        if a.output:
-            with open(a.output, "a") as f:
-                f.write(json.dumps(d) + "\n")
+    lines = jsonl.Lines(a.output, **({"label": a.label} if a.label else {}))
+    emit = lines.emit
 
     src = builders.load("synthetic_cells", os.path.join(tmp, "tfds512"), size=512, num_train=20,
                         num_test=1)["train"]

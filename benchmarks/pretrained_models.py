@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from benchmarks import jsonl
+
 # what each shipped model is: its data (source, licence, citation), the command that trains it
 # and the input it expects
 FACTS = {
@@ -95,11 +97,7 @@ def main(argv=None):
     for name in pretrained.names():
         if name not in data:
             continue
-        line = evaluate(name, data[name])
-        print(json.dumps(line), flush=True)
-        if a.output:
-            with open(a.output, "a") as f:
-                f.write(json.dumps(line) + "\n")
+        jsonl.Lines(a.output).emit(evaluate(name, data[name]))
 
 
 if __name__ == "__main__":

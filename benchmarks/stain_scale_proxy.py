@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from benchmarks import jsonl
+
 STAIN_ALPHA = np.array([1.5, 0.6, 1.0])  # outside the robust config's U(0.9, 1.1)
 STAIN_BETA = np.array([0.05, -0.05, 0.0])
 ENLARGE = 2.5
@@ -75,10 +77,7 @@ def main(argv=None):
             res, _ = evaluation.evaluate(run.config, run.predict, source, warping=False, quick=True,
                                          scale=scale, workers=len(os.sched_getaffinity(0)))
             line[name] = {k: round(res[k], 4) for k in ("dice_1", "dice_2", "pixel_error") if k in res}
-        print(json.dumps(line), flush=True)
-        if a.output:
-            with open(a.output, "a") as f:
-                f.write(json.dumps(line) + "\n")
+        jsonl.Lines(a.output).emit(line)
 
 
 if __name__ == "__main__":

@@ -45,9 +45,7 @@ def main(argv):
     try:
         if not FLAGS.scale > 0:
             raise ValueError(f"--scale must be > 0, got {FLAGS.scale}")
-        if (FLAGS.model is None) == (FLAGS.workdir is None):
-            raise ValueError("give one of --model (a shipped name, a workdir, a model folder or a .zip) and --workdir")
-        model = FLAGS.model or FLAGS.workdir
+        model = pretrained.one_of(FLAGS.model, FLAGS.workdir)
         run = pretrained.resolve(model, fallback=FLAGS.fallback)
         splits = (FLAGS.split,) + ((FLAGS.calibrate_split,) if FLAGS.calibrate_split else ())
         sources = builders.load(FLAGS.dataset, FLAGS.tfds_dir or builders.tfds_dir(run.config), FLAGS.data_dir,

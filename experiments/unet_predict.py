@@ -54,7 +54,7 @@ def main(argv):
             if src.is_dir() else [src]
         if not files:
             raise ValueError(f"--input {src}: no images ({', '.join(readers.IMAGE_SUFFIXES)}) found")
-        run = pretrained.resolve(_model_flag(), fallback=FLAGS.fallback)
+        run = pretrained.resolve(pretrained.one_of(FLAGS.model, FLAGS.workdir), fallback=FLAGS.fallback)
         config = run.config
         out = Path(FLAGS.output)
         k = config.model.num_classes
@@ -79,12 +79,6 @@ def main(argv):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-
-
-def _model_flag() -> str:
-    if (FLAGS.model is None) == (FLAGS.workdir is None):
-        raise ValueError("give one of --model (a shipped name, a workdir, a model folder or a .zip) and --workdir")
-    return FLAGS.model or FLAGS.workdir
 
 
 def _instances(config, probs: np.ndarray) -> np.ndarray:

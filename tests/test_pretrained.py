@@ -44,6 +44,10 @@ def test_names_come_from_the_models_folder_and_an_unknown_one_names_the_choices(
     assert pretrained.resolve("mini").step == run.step
     with pytest.raises(ValueError, match=r"model 'nucle' is neither a shipped model \(mini\) nor"):
         pretrained.resolve("nucle")
+    assert pretrained.one_of("mini", None) == pretrained.one_of(None, "mini") == "mini"
+    for both_or_neither in (("mini", "runs/x"), (None, None)):
+        with pytest.raises(ValueError, match="give one of --model"):
+            pretrained.one_of(*both_or_neither)
 
 
 @pytest.mark.parametrize("name", pretrained.names())

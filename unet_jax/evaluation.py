@@ -77,6 +77,16 @@ def _trained(config, cfg_path, step, where, meta, saved) -> Trained:
     if meta["config"]["model"] != config.model.to_dict():
         raise ValueError(f"checkpoint {where} was trained with model {meta['config']['model']}, "
                          f"config.json says {config.model.to_dict()}")
+    return trained_from(config, saved, step, f"checkpoint {where}", cfg_path)
+
+
+def trained_from(config, saved: dict, step: int, what, model_source) -> Trained:
+    """A :class:`Trained` of ``config``'s model with the variables ``saved`` ({"params": ...,
+    "batch_stats": ...} as nested dicts), checked against the model's own shapes.
+
+    Raises:
+      ValueError: "``what`` does not fit the model of ``model_source``".
+    """
     model = unet.from_config(config.model)
     size = inference.eval_tile_size(config)
     expected = jax.eval_shape(model.init, jax.random.key(0, impl="rbg"),
@@ -88,7 +98,7 @@ def _trained(config, cfg_path, step, where, meta, saved) -> Trained:
     except (TypeError, ValueError, AttributeError):  # a missing item or another tree structure
         fits = False
     if not fits:
-        raise ValueError(f"checkpoint {where} does not fit the model of {cfg_path}")
+        raise ValueError(f"{what} does not fit the model of {model_source}")
     predict = inference.make_predict(model.apply)
     return Trained(config, variables, step, functools.partial(predict, variables))
 

@@ -9,7 +9,6 @@ trains it, held-out figures, the input it expects) and ``SHA256SUMS``, checked o
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from unet_jax import evaluation, inference, unet
+from unet_jax import evaluation
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 FILES = ("config.json", "variables.npz", "card.md")
@@ -75,20 +74,27 @@ def load_folder(folder: str | os.PathLike) -> evaluation.Trained:
                              f"damaged or changed")
     saved = json.loads((folder / "config.json").read_text())
     step = saved.pop("step", -1)
-    config = ml_collections.ConfigDict(saved)
-    model = unet.from_config(config.model)
+    variables = {}
     with np.load(folder / "variables.npz", allow_pickle=False) as z:
-        flat = {k: z[k] for k in z.files}
-    size = inference.eval_tile_size(config)
-    expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, config.model.in_channels)))
-    paths = {"/".join(str(getattr(p, "key", p)) for p in path): leaf
-             for path, leaf in jax.tree_util.tree_leaves_with_path(expected)}
-    if set(paths) != set(flat) or any(flat[k].shape != paths[k].shape for k in paths):
-        raise ValueError(f"{folder / 'variables.npz'}: does not fit the model of {folder / 'config.json'}")
-    leaves = [jnp.asarray(flat[k]) for k in paths]
-    variables = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(expected), leaves)
-    predict = inference.make_predict(model.apply)
-    return evaluation.Trained(config, variables, step, functools.partial(predict, variables))
+        for key in z.files:  # "params/down_0/Conv_0/kernel" -> nested dicts
+            *parents, leaf = key.split("/")
+            node = variables
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = jnp.asarray(z[key])
+    return evaluation.trained_from(ml_collections.ConfigDict(saved), variables, step, folder / "variables.npz",
+                                   folder / "config.json")
+
+
+def one_of(model: str | None, workdir: str | None) -> str:
+    """The CLIs' ``--model`` or ``--workdir`` (the same thing under its older name): exactly one.
+
+    Raises:
+      ValueError: both or neither given.
+    """
+    if (model is None) == (workdir is None):
+        raise ValueError("give one of --model (a shipped name, a workdir, a model folder or a .zip) and --workdir")
+    return model or workdir
 
 
 def resolve(model: str, fallback: bool = False) -> evaluation.Trained:

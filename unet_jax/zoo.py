@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unet_jax import onnx_graph, plots, unet
+from unet_jax.data import builders, readers
 
 FORMAT_VERSION = "0.5.4"
 PERCENTILES = (1.0, 99.8)  # builders.normalise
@@ -54,8 +55,6 @@ def raw_test_image(config, source) -> np.ndarray:
     datasets (their stored images are the 8-bit ones / 255; the synthetic cells are quantised
     to 8 bits), and for a folder of images its first file, read as training read it but not
     normalised."""
-    from unet_jax.data import builders, readers
-
     if config.data.dataset == "image_folder":
         folder = Path(config.data.data_dir) / "images"
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in readers.IMAGE_SUFFIXES) \
@@ -69,17 +68,10 @@ def raw_test_image(config, source) -> np.ndarray:
     return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def model_of(config) -> unet.UNet:
-    """The run's U-Net with XLA's own convolutions (the values are the same for every kernel)."""
-    m = config.model
-    return unet.UNet(num_classes=m.num_classes, features=m.features, depth=m.depth, in_channels=m.in_channels,
-                     padding=m.padding, norm=m.norm, dropout=m.dropout, upsample=m.upsample)
-
-
 def check_exportable(config) -> None:
     """Raises ValueError naming the first layer of the run's model that ONNX export does not
     cover, before anything is read or written."""
-    onnx_graph.check_exportable(model_of(config))
+    onnx_graph.check_exportable(unet.from_config(config.model))
 
 
 def size_rule(depth: int, padding: str) -> tuple[int, int, int]:
@@ -101,16 +93,7 @@ def test_tile(image: np.ndarray, depth: int, padding: str, largest: int) -> np.n
     return image[y0:y0 + fits, x0:x0 + fits]
 
 
-def preprocess(raw: np.ndarray, eight_bit: bool) -> np.ndarray:
-    """The package's pre-processing in numpy: [H, W, C] raw -> the model's input (float32)."""
-    if eight_bit:
-        return raw.astype(np.float32) / np.float32(255.0)
-    a = raw.astype(np.float64)
-    lo, hi = np.percentile(a, PERCENTILES[0], axis=(0, 1)), np.percentile(a, PERCENTILES[1], axis=(0, 1))
-    return np.clip((a - lo) / (hi - lo + 1e-6), 0, 1).astype(np.float32)
-
-
-def _rdf(config, name: str, channels: int, classes: list[str], raw_dtype: str, tile: int,
+def _rdf(config, name: str, classes: list[str], raw_dtype: str, tile: int,
          authors: list[str], licence: str, sha256: str, dataset: dict) -> dict:
     eight_bit = raw_dtype == "uint8"
     low, step, offset = size_rule(config.model.depth, config.model.padding)
@@ -136,7 +119,8 @@ def _rdf(config, name: str, channels: int, classes: list[str], raw_dtype: str, t
         "tags": ["unet", "segmentation", "2d", "unet_jax", config.data.dataset],
         "inputs": [{"id": "input",
                     "axes": [{"type": "batch"}, {"type": "channel",
-                                                 "channel_names": [f"channel{i}" for i in range(channels)]},
+                                                 "channel_names": [f"channel{i}" for i in
+                                                                   range(config.model.in_channels)]},
                              *space_in],
                     "test_tensor": {"source": "test_input.npy"},
                     "data": {"type": raw_dtype},
@@ -219,11 +203,11 @@ def export(run, output: str | os.PathLike, raw_image: np.ndarray, name: str = ""
       into place, so a failed export leaves no half-written file.
     """
     config = run.config
-    model = model_of(config)
+    model = unet.from_config(config.model)
     onnx_graph.check_exportable(model)
     eight_bit = raw_image.dtype == np.uint8
     raw = test_tile(raw_image, config.model.depth, config.model.padding, config.data.eval_tile_size)
-    x = preprocess(raw, eight_bit)
+    x = builders.normalise(raw)  # as training read the image; the package says it the zoo's way
     variables = jax.tree.map(jnp.asarray, run.variables)
     probs = np.asarray(jax.nn.softmax(model.apply(variables, x[None]), -1))[0]  # [H', W', K]
     weights = onnx_graph.unet_to_onnx(model, variables).SerializeToString()
@@ -232,8 +216,7 @@ def export(run, output: str | os.PathLike, raw_image: np.ndarray, name: str = ""
         [f"class{k}" for k in range(config.model.num_classes)]
     dataset = DATASETS.get(config.data.dataset, DATASETS["image_folder"])
     name = name or f"unet_jax {config.data.dataset} U-Net"
-    rdf = _rdf(config, name, config.model.in_channels, classes, raw.dtype.name, raw.shape[0], list(authors),
-               licence, sha, dataset)
+    rdf = _rdf(config, name, classes, raw.dtype.name, raw.shape[0], list(authors), licence, sha, dataset)
     files = {"rdf.yaml": _yaml(rdf), "weights.onnx": weights,
              "test_input.npy": _npy(np.ascontiguousarray(raw.transpose(2, 0, 1)[None])),
              "test_output.npy": _npy(np.ascontiguousarray(probs.transpose(2, 0, 1)[None].astype(np.float32))),
