@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks import jsonl
 
-STAIN_ALPHA = np.array([1.5, 0.6, 1.0])  # outside the robust config's U(0.9, 1.1)
+STAIN_ALPHA = np.array([1.5, 0.6, 1.0])  # outside the robust config's U(0.7, 1.3)
 STAIN_BETA = np.array([0.05, -0.05, 0.0])
 ENLARGE = 2.5
 

@@ -65,8 +65,8 @@ def main(argv):
             slices = list(arr) if stack else [arr]
             images, masks, probs, objects = [], [], [], []
             for s in slices:
-                image = builders.to_channels(builders.normalise(s), config.model.in_channels, f,
-                                             config.data.get("to_grey", False))
+                image = builders.model_input(s, f, config.model.in_channels, config.data.get("to_grey", False),
+                                             config.data.get("contrast", "as_is"))
                 p = inference.predict_probs(config, run.predict, image, FLAGS.tta, tile_in, scale=FLAGS.scale)
                 mask = p.argmax(-1).astype(np.uint8)
                 images.append(image)

@@ -1,5 +1,6 @@
 """The GPU benchmark's model-FLOP count against XLA's own cost analysis (an independent count);
-the GPU benchmark and the prepared GPU check run end to end on tiny shapes."""
+the GPU benchmark and the prepared GPU check run end to end on tiny shapes; the nuclei
+benchmark's figures per kind of image."""
 import functools
 import json
 
@@ -82,3 +83,14 @@ def test_the_gpu_check_runs_every_stage_on_tiny_shapes(tmp_path):
     assert train_line["step"] == 3 and train_line["compile_s"] > 0 and not train_line["cut_at_limit"]
     assert 0 <= eval_line["rand_error"] <= 1 and 0 <= eval_line["pixel_error_calibrated"] <= 1
     assert done["all_stages_ok"] and done["results"]["rand_error"] == eval_line["rand_error"]
+
+
+def test_nuclei_figures_per_kind_are_the_means_and_sums_of_their_own_images():
+    from benchmarks import nuclei_modalities
+
+    rows = [{"dsb_map": 0.6, "n_pred": 10, "n_true": 12}, {"dsb_map": 0.2, "n_pred": 30, "n_true": 8},
+            {"dsb_map": 0.4, "n_pred": 5, "n_true": 5}, {"dsb_map": 0.1, "n_pred": 9, "n_true": 3}]
+    out = nuclei_modalities.per_kind(rows, ["fluorescence", "colour", "fluorescence", "grey_brightfield"])
+    assert out["fluorescence"] == {"images": 2, "dsb_map": 0.5, "n_pred": 15, "n_true": 17}
+    assert out["brightfield"] == {"images": 2, "dsb_map": 0.15, "n_pred": 39, "n_true": 11}
+    assert out["overall"] == {"images": 4, "dsb_map": 0.325, "n_pred": 54, "n_true": 28}

@@ -149,6 +149,50 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, breakage, match):
     assert len(builders.load("image_folder", data_dir, str(folder), to_grey=True)["train"]) == 2
 
 
+def _discs(background: float, nucleus: float, shape=(48, 64)) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, background, np.float32)
+    for cy, cx in [(12, 14), (30, 40), (36, 12)]:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = nucleus
+    return img + np.random.default_rng(0).normal(0, 0.01, shape).astype(np.float32), \
+        ((yy - 12) ** 2 + (xx - 14) ** 2 < 36)
+
+
+def test_bright_objects_stretches_each_channel_and_inverts_only_bright_backgrounds():
+    from skimage import exposure
+
+    for background, nucleus in [(0.1, 0.35), (0.8, 0.3)]:  # fluorescence-like, brightfield-like
+        grey, disc = _discs(background, nucleus)
+        rgb = np.stack([grey, grey * 0.5, np.clip(grey * 1.2, 0, 1)], -1)
+        out = builders.bright_objects(rgb)
+        ref = np.stack([exposure.rescale_intensity(rgb[..., c], tuple(np.percentile(rgb[..., c], (1, 99.8))),
+                                                   (0.0, 1.0)) for c in range(3)], -1)
+        expected = 1 - ref if background > nucleus else ref
+        np.testing.assert_allclose(out, expected, atol=1e-6)
+        assert out[disc].mean() > 0.8 and out[~disc].mean() < 0.3  # nuclei bright either way
+    image = builders.model_input((_discs(0.8, 0.3)[0] * 255).astype(np.uint8), "x.png", 1,
+                                 contrast="bright_objects")
+    assert image.shape == (48, 64, 1) and image[12, 14, 0] > 0.8
+    with pytest.raises(ValueError, match=r"data.contrast must be one of \('as_is', 'bright_objects'\), got 'dark'"):
+        builders.model_input(np.zeros((4, 4), np.uint8), "x.png", 1, contrast="dark")
+
+
+def test_images_named_in_held_out_form_their_own_split_and_an_unknown_name_is_named(tmp_path):
+    folder = tmp_path / "own"
+    _write_image_folder(folder)
+    for stem in ("c", "d"):
+        Image.fromarray(np.full((40, 48), ord(stem), np.uint8)).save(folder / "images" / f"{stem}.png")
+        Image.fromarray(np.zeros((40, 48), np.uint8)).save(folder / "masks" / f"{stem}.png")
+    splits = builders.load("image_folder", tmp_path / "tfds", str(folder), to_grey=True, held_out=("d", "c"),
+                           splits=("train", "held_out"))
+    assert len(splits["train"]) == 2
+    held = [float(np.asarray(ex["image"]).max()) * 255 for ex in splits["held_out"]]
+    np.testing.assert_allclose(held, [ord("d"), ord("c")], atol=1e-3)  # the named images, in that order
+    with pytest.raises(ValueError, match=r"data.held_out: no image named 'e' in .*own \(1 of 2 names"):
+        builders.load("image_folder", tmp_path / "tfds2", str(folder), to_grey=True, held_out=("c", "e"))
+    assert not (tmp_path / "tfds2").exists()
+
+
 # ------------------------------------------------------------------ loader
 def _id_source(n, size=8):
     """Examples whose image is constant = their id (so a tile identifies its example)."""
@@ -376,10 +420,10 @@ def test_hed_conversions_equal_skimage_and_stain_jitter_moves_each_stain_as_draw
     np.testing.assert_allclose(np.asarray(augment.hed_to_rgb(jnp.asarray(hed))), color.hed2rgb(hed), atol=1e-5)
     # the jittered image is hed2rgb of the concentrations scaled and shifted by the drawn values
     key = jax.random.key(3, impl="threefry2x32")
-    out = np.asarray(augment.stain_jitter(key, jnp.asarray(rgb), 0.1))
+    out = np.asarray(augment.stain_jitter(key, jnp.asarray(rgb), 0.1, 0.02))
     ka, kb = jax.random.split(key)
     alpha = np.asarray(jax.random.uniform(ka, (3,), minval=0.9, maxval=1.1))
-    beta = np.asarray(jax.random.uniform(kb, (3,), minval=-0.1, maxval=0.1))
+    beta = np.asarray(jax.random.uniform(kb, (3,), minval=-0.02, maxval=0.02))
     np.testing.assert_allclose(out, color.hed2rgb(color.rgb2hed(rgb) * alpha + beta), atol=1e-5)
     assert np.abs(out - rgb).mean() > 1e-3
     with pytest.raises(ValueError, match="needs RGB images, got 1 channels"):

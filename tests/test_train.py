@@ -299,7 +299,7 @@ def test_no_recompilation_per_step():
 
 
 @pytest.mark.parametrize("name,variant", [("isbi2012", "paper"), ("isbi2012", "cpu"), ("nuclei", None),
-                                          ("wbc", "default"), ("wbc", "robust")])
+                                          ("nuclei", "bright_objects"), ("wbc", "default"), ("wbc", "robust")])
 def test_config_variants_only_override_fields_of_the_default(name, variant):
     """A misspelt field in a variant would be a silent no-op (ConfigDict adds it)."""
     import dataclasses

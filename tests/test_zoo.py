@@ -81,6 +81,11 @@ def test_a_changed_package_or_an_uncovered_layer_is_refused_and_leaves_no_zip(ru
     grouped = evaluation.Trained(config, model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 1))), 1, None)
     with pytest.raises(ValueError, match="does not cover the layer 'group' normalisation"):
         zoo.export(grouped, tmp_path / "group.zip", raw)
+    inverted = run.config.copy_and_resolve_references()
+    with inverted.unlocked():
+        inverted.data.contrast = "bright_objects"
+    with pytest.raises(ValueError, match="data.contrast 'bright_objects': the bioimage.io pre-processing has no"):
+        zoo.export(evaluation.Trained(inverted, run.variables, run.step, None), tmp_path / "inv.zip", raw)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip", "good.zip"]  # no temporary files
 
 

@@ -24,7 +24,7 @@ from unet_jax import evaluation
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 FILES = ("config.json", "variables.npz", "card.md")
 # what is kept of a run's config: all but the local folders and what only training reads
-KEPT = ("model", "data", "instances", "augment", "eval_batch_tiles", "seed")
+KEPT = ("model", "data", "instances", "augment", "eval_batch_tiles", "eval_tta", "seed")
 LOCAL = ("data_dir", "tfds_dir")  # blanked: the trainer's own folders
 
 

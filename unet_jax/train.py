@@ -103,8 +103,9 @@ def step_config(config) -> StepConfig:
     aug = augment.AugmentConfig(elastic_sigma=a.elastic_sigma, elastic_grid=a.elastic_grid,
                                 flips=a.flips, rot90=a.rot90, brightness=a.brightness,
                                 contrast=a.contrast, gamma=a.gamma, scale=a.get("scale", 0.0),
-                                stain=a.get("stain", 0.0)) if a.enabled else None
-    if aug is not None and aug.stain > 0 and config.model.in_channels != 3:
+                                stain=a.get("stain", 0.0), stain_shift=a.get("stain_shift", 0.0)) \
+        if a.enabled else None
+    if aug is not None and (aug.stain > 0 or aug.stain_shift > 0) and config.model.in_channels != 3:
         raise ValueError(f"augment.stain needs RGB images (model.in_channels 3), got "
                          f"{config.model.in_channels} channels")
     return StepConfig(loss=config.loss, augment=aug, crop=(size_in - size_out) // 2)

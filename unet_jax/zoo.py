@@ -70,7 +70,11 @@ def raw_test_image(config, source) -> np.ndarray:
 
 def check_exportable(config) -> None:
     """Raises ValueError naming the first layer of the run's model that ONNX export does not
-    cover, before anything is read or written."""
+    cover, or the pre-processing the zoo format cannot state (a per-image inversion), before
+    anything is read or written."""
+    if config.data.get("contrast", "as_is") != "as_is":
+        raise ValueError(f"data.contrast {config.data.contrast!r}: the bioimage.io pre-processing has no "
+                         f"per-image inversion; export a model trained with data.contrast='as_is'")
     onnx_graph.check_exportable(unet.from_config(config.model))
 
 
@@ -203,8 +207,8 @@ def export(run, output: str | os.PathLike, raw_image: np.ndarray, name: str = ""
       into place, so a failed export leaves no half-written file.
     """
     config = run.config
+    check_exportable(config)
     model = unet.from_config(config.model)
-    onnx_graph.check_exportable(model)
     eight_bit = raw_image.dtype == np.uint8
     raw = test_tile(raw_image, config.model.depth, config.model.padding, config.data.eval_tile_size)
     x = builders.normalise(raw)  # as training read the image; the package says it the zoo's way

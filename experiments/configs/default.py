@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.mask_values = ()  # image_folder: mask value (or RGB colour) of each class, e.g. (0, 128, 255)
     d.targets = "classes"  # with instance masks: classes | interior_border (3 classes, DSB 2018 style)
     d.to_grey = False  # nuclei_dsb / image_folder: colour images become grey (else kept as channels)
+    d.contrast = "as_is"  # as_is | bright_objects: stretched, inverted where the background is bright
+    d.held_out = ()  # nuclei_dsb / image_folder: image names held out as the split "held_out"
     d.tile_size = 128  # training tile (network output) size
     d.eval_tile_size = 256  # inference tile (input) size
     d.foreground_prob = 0.33  # tiles centred on foreground
@@ -56,7 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
     a.contrast = 0.2
     a.gamma = 0.3
     a.scale = 0.0  # random zoom ~ exp(U(-s, s)): objects of other sizes (0: off)
-    a.stain = 0.0  # RGB: haematoxylin / eosin / DAB stain jitter, each x U(1-s, 1+s) + U(-s, s)
+    a.stain = 0.0  # RGB: haematoxylin / eosin / DAB stain jitter, each concentration x U(1-s, 1+s)
+    a.stain_shift = 0.0  # and + U(-t, t) (concentrations are mostly 0-0.2)
 
     c.instances = i = ml_collections.ConfigDict()  # objects from the predictions (unet_predict
     i.mode = "watershed"  # --instances, instance metrics): components | watershed | interior

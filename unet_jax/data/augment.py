@@ -35,7 +35,8 @@ class AugmentConfig:
     contrast: float = 0.2  # factor ~ U(1 - c, 1 + c) around the mean
     gamma: float = 0.3  # exponent ~ exp(U(-g, g))
     scale: float = 0.0  # zoom factor ~ exp(U(-s, s)) about the tile's centre; 0 disables
-    stain: float = 0.0  # HED jitter (RGB): each stain x U(1 - s, 1 + s) + U(-s, s); 0 disables
+    stain: float = 0.0  # HED jitter (RGB): each stain's concentration x U(1 - s, 1 + s); 0 disables
+    stain_shift: float = 0.0  # and + U(-t, t) (concentrations are about 0-0.2: t of a few 0.01)
 
 
 def displacement_field(rng, shape, grid: int = 3, sigma: float = 10.0):
@@ -88,13 +89,15 @@ def hed_to_rgb(hed):
     return jnp.clip(jnp.exp(-(hed * -_LOG_EPS) @ RGB_FROM_HED), 0.0, 1.0)
 
 
-def stain_jitter(rng, image, amount: float):
-    """Each stain's concentration x U(1 - a, 1 + a) + U(-a, a), one draw per stain and image."""
+def stain_jitter(rng, image, amount: float, shift: float = 0.0):
+    """Each stain's concentration x U(1 - amount, 1 + amount) + U(-shift, shift), one draw per
+    stain and image. The concentrations (``rgb2hed``'s, optical density / 13.8) are mostly
+    below 0.2, so a shift as large as the factor's range would re-colour the whole image."""
     if image.shape[-1] != 3:
         raise ValueError(f"stain augmentation needs RGB images, got {image.shape[-1]} channels")
     ka, kb = jax.random.split(rng)
     alpha = jax.random.uniform(ka, (3,), minval=1 - amount, maxval=1 + amount)
-    beta = jax.random.uniform(kb, (3,), minval=-amount, maxval=amount)
+    beta = jax.random.uniform(kb, (3,), minval=-shift, maxval=shift)
     return hed_to_rgb(rgb_to_hed(image) * alpha + beta)
 
 
@@ -142,8 +145,8 @@ def augment_example(rng, image, labels, weights, cfg: AugmentConfig = AugmentCon
         zoom = zoom_field(labels.shape, jnp.exp(log_zoom))
     if cfg.elastic_sigma > 0 or zoom is not None:
         image, labels, weights = elastic(ke, image, labels, weights, cfg.elastic_grid, cfg.elastic_sigma, zoom)
-    if cfg.stain > 0:
-        image = stain_jitter(jax.random.fold_in(rng, 2), image, cfg.stain)
+    if cfg.stain > 0 or cfg.stain_shift > 0:
+        image = stain_jitter(jax.random.fold_in(rng, 2), image, cfg.stain, cfg.stain_shift)
     if cfg.flips or cfg.rot90:
         if image.shape[0] != image.shape[1] and cfg.rot90:
             raise ValueError(f"rot90 augmentation needs square tiles, got {image.shape[:2]}")

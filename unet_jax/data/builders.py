@@ -138,6 +138,52 @@ def to_channels(arr: np.ndarray, channels: int, path, to_grey: bool = False) -> 
                      f"(set --config.model.in_channels={c}{hint})")
 
 
+CONTRASTS = ("as_is", "bright_objects")
+
+
+def bright_objects(image: np.ndarray) -> np.ndarray:
+    """[H, W, C] in [0, 1] -> the same image with bright objects on a dark background: each
+    channel stretched from its 1st to its 99.8th percentile, and the whole image inverted where
+    its median lies in the upper half of that range (a bright background: brightfield, H&E).
+    Fluorescence and stained nuclei then look alike to one model; the median separates the
+    two kinds in DSB 2018 by a wide margin (fluorescence <= 0.08, brightfield >= 0.6)."""
+    a = np.asarray(image, np.float32)
+    lo = np.percentile(a, 1, axis=(0, 1))
+    hi = np.percentile(a, 99.8, axis=(0, 1))
+    a = np.clip((a - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
+    return (1.0 - a if np.median(a.mean(-1)) > 0.5 else a).astype(np.float32)
+
+
+def model_input(raw: np.ndarray, path, channels: int, to_grey: bool = False,
+                contrast: str = "as_is") -> np.ndarray:
+    """A read image as a model sees it: :func:`normalise`, :func:`to_channels`, then with
+    ``contrast="bright_objects"`` :func:`bright_objects`. Training data, ``unet_predict`` and
+    the export read images through it, so that all three agree."""
+    if contrast not in CONTRASTS:
+        raise ValueError(f"data.contrast must be one of {CONTRASTS}, got {contrast!r}")
+    image = to_channels(normalise(raw), channels, path, to_grey)
+    return bright_objects(image) if contrast == "bright_objects" else image
+
+
+def held_out_splits(examples: list, held_out, source_dir) -> dict:
+    """{"train": every example not named in ``held_out``} (plus ``"held_out"``: the named ones,
+    in ``held_out``'s order) when names are given, else {"train": all}.
+
+    Raises:
+      ValueError: naming the first name that no image has.
+    """
+    if not held_out:
+        return {"train": examples}
+    by_key = dict(examples)
+    missing = [n for n in held_out if n not in by_key]
+    if missing:
+        raise ValueError(f"data.held_out: no image named {missing[0]!r} in {source_dir} "
+                         f"({len(missing)} of {len(held_out)} names not found)")
+    names = set(held_out)
+    return {"train": [(k, ex) for k, ex in examples if k not in names],
+            "held_out": [(n, by_key[n]) for n in held_out]}
+
+
 @dataclasses.dataclass
 class CellsConfig(tfds.core.BuilderConfig):
     """Options shared by the builders. ``source_dir``'s path is part of the config name."""
@@ -156,6 +202,8 @@ class CellsConfig(tfds.core.BuilderConfig):
     mask_kind: str = "auto"  # image_folder: auto | classes | binary | instances
     mask_values: tuple = ()  # image_folder: the mask value (or RGB colour) of each class 0..K-1
     targets: str = "classes"  # with instances: "interior_border" trains 3 classes (see below)
+    contrast: str = "as_is"  # nuclei_dsb / image_folder: "bright_objects" (see bright_objects)
+    held_out: tuple = ()  # nuclei_dsb / image_folder: these names form the "held_out" split
 
 
 class _Base(tfds.core.GeneratorBasedBuilder):
@@ -229,7 +277,7 @@ class NucleiDsb(_Base):
         exs = []
         for sample in sorted(p for p in root.iterdir() if p.is_dir()):
             img_path = sample / "images" / f"{sample.name}.png"
-            image = to_channels(normalise(readers.read_image(img_path)), c.channels, img_path, c.to_grey)
+            image = model_input(readers.read_image(img_path), img_path, c.channels, c.to_grey, c.contrast)
             masks = sorted((sample / "masks").glob("*.png"))
             if not masks:
                 raise ValueError(f"{sample / 'masks'}: no mask files for image {img_path.name}")
@@ -245,7 +293,7 @@ class NucleiDsb(_Base):
             exs.append((sample.name, make_example(image, (inst > 0).astype(np.uint8), inst, sample.name, c)))
         if not exs:
             raise ValueError(f"source_dir {root}: no <id>/images/<id>.png samples found")
-        return {"train": exs}
+        return held_out_splits(exs, c.held_out, root)
 
 
 class ImageFolder(_Base):
@@ -284,7 +332,7 @@ class ImageFolder(_Base):
         for stem, ip in images.items():
             if stem not in masks:
                 raise ValueError(f"{ip}: image has no mask {stem}{suffix}.* in {mdir}")
-            image = to_channels(normalise(readers.read_image(ip)), c.channels, ip, c.to_grey)
+            image = model_input(readers.read_image(ip), ip, c.channels, c.to_grey, c.contrast)
             mp = masks[stem]
             labels, inst = mask_to_classes(readers.read_image(mp, indices=True), mp, c.num_classes, c.mask_kind,
                                            c.mask_values)
@@ -294,7 +342,7 @@ class ImageFolder(_Base):
             if c.targets == "interior_border" and inst is None:
                 raise ValueError(f"{mp}: targets 'interior_border' need instance masks (mask_kind 'instances')")
             exs.append((stem, make_example(image, labels, inst, ip.name, c, known=inst is not None)))
-        return {"train": exs}
+        return held_out_splits(exs, c.held_out, root)
 
 
 MASK_KINDS = ("auto", "classes", "binary", "instances")
@@ -440,7 +488,7 @@ def dataset_options(config, dataset: str) -> dict:
         options["channels"] = config.model.in_channels
         if config.model.num_classes != 2:
             options["num_classes"] = config.model.num_classes
-        optional = [("targets", "classes"), ("to_grey", False)]
+        optional = [("targets", "classes"), ("to_grey", False), ("contrast", "as_is"), ("held_out", ())]
         if dataset == "image_folder":
             optional += [("mask_suffix", ""), ("mask_kind", "auto"), ("mask_values", ())]
         for key, default in optional:
