@@ -26,6 +26,11 @@ def modality(kind: str) -> str:
     return "fluorescence" if kind == "fluorescence" else "brightfield"
 
 
+def kinds(data_dir: str, names: list[str]) -> list[str]:
+    """The :func:`benchmarks.dsb_modalities.kind` of each named DSB sample in ``data_dir``."""
+    return [dsb_modalities.kind(Path(data_dir) / n / "images" / f"{n}.png") for n in names]
+
+
 def per_kind(rows: list[dict], kinds: list[str]) -> dict:
     """{group: {"images", "dsb_map", "n_pred", "n_true"}} over ``rows`` (one per image, in the
     order of ``kinds``) for the overall set and each modality."""
@@ -60,12 +65,12 @@ def evaluate(spec: str, data_dir: str, split: str = "held_out") -> tuple[list[st
     rows: list[dict] = []
     evaluation.evaluate(config, run.predict, train if split == "train" else held_out, warping=False,
                         workers=len(os.sched_getaffinity(0)), rows_out=rows)
-    kinds = [dsb_modalities.kind(Path(data_dir) / n / "images" / f"{n}.png") for n in evaluated]
-    figures = per_kind(rows, kinds)
+    kind_of = kinds(data_dir, evaluated)
+    figures = per_kind(rows, kind_of)
     met = {g: figures[g]["dsb_map"] >= t for g, t in TARGETS.items() if g in figures}
     recipe = {"contrast": config.data.get("contrast", "as_is"), "depth": config.model.depth,
               "features": config.model.features, "zoom": config.augment.get("scale", 0.0), "step": run.step}
-    return names, {"split": split, **recipe, "kinds": {k: kinds.count(k) for k in sorted(set(kinds))}, **figures,
+    return names, {"split": split, **recipe, "kinds": {k: kind_of.count(k) for k in sorted(set(kind_of))}, **figures,
                    **({"targets": TARGETS, "targets_met": met} if split == "held_out" else {})}
 
 

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from benchmarks import dsb_modalities, jsonl, nuclei_modalities
+from benchmarks import jsonl, nuclei_modalities
 
 # what each shipped model is: its data (source, licence, citation), the command that trains it
 # and the input it expects
@@ -97,8 +97,7 @@ def evaluate(name: str, data_dir: str) -> dict:
     line = {"benchmark": "pretrained_models", "model": name, "held_out": f"{config.data.eval_split}",
             "tta": config.get("eval_tta", False), "images": res["images"], **{k: round(res[k], 4) for k in keys}}
     if config.data.get("held_out") and config.data.dataset == "nuclei_dsb":
-        kinds = [dsb_modalities.kind(Path(data_dir) / n / "images" / f"{n}.png") for n in config.data.held_out]
-        figures = nuclei_modalities.per_kind(rows, kinds)
+        figures = nuclei_modalities.per_kind(rows, nuclei_modalities.kinds(data_dir, list(config.data.held_out)))
         line.update({f"dsb_map_{g}": figures[g]["dsb_map"] for g in ("fluorescence", "brightfield")})
     return line
 

@@ -157,8 +157,8 @@ def bright_objects(image: np.ndarray) -> np.ndarray:
 def model_input(raw: np.ndarray, path, channels: int, to_grey: bool = False,
                 contrast: str = "as_is") -> np.ndarray:
     """A read image as a model sees it: :func:`normalise`, :func:`to_channels`, then with
-    ``contrast="bright_objects"`` :func:`bright_objects`. Training data, ``unet_predict`` and
-    the export read images through it, so that all three agree."""
+    ``contrast="bright_objects"`` :func:`bright_objects`. Training data and ``unet_predict``
+    read images through it, so that both agree (the export refuses ``bright_objects``)."""
     if contrast not in CONTRASTS:
         raise ValueError(f"data.contrast must be one of {CONTRASTS}, got {contrast!r}")
     image = to_channels(normalise(raw), channels, path, to_grey)
