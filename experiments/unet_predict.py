@@ -34,6 +34,10 @@ flags.DEFINE_float("scale", 1.0, "Resize each image by this factor before the mo
 flags.DEFINE_bool("instances", False, "Also write NAME_instances.tif (16-bit object labels).")
 flags.DEFINE_enum("instances_mode", None, ["components", "watershed", "interior"],
                   "How objects are separated (default: the run's config.instances.mode).")
+flags.DEFINE_float("instances_threshold", None, "Foreground probability above which pixels belong to "
+                   "objects (default: the run's config.instances.threshold).")
+flags.DEFINE_float("seed_threshold", None, "Interior mode: interior probability above which pixels seed "
+                   "objects; higher splits touching objects (default: config.instances.seed_threshold).")
 
 
 def main(argv):
@@ -45,6 +49,10 @@ def main(argv):
     try:
         if not FLAGS.scale > 0:
             raise ValueError(f"--scale must be > 0, got {FLAGS.scale}")
+        for name in ("instances_threshold", "seed_threshold"):
+            value = getattr(FLAGS, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"--{name} must be in [0, 1), got {value}")
         if FLAGS.tile_size < 0:
             raise ValueError(f"--tile_size must be >= 0 (0: the run's evaluation tile), got {FLAGS.tile_size}")
         src = Path(FLAGS.input)
@@ -84,10 +92,13 @@ def main(argv):
 def _instances(config, probs: np.ndarray) -> np.ndarray:
     from unet_jax import evaluation
 
-    if FLAGS.instances_mode:
+    chosen = {"mode": FLAGS.instances_mode, "threshold": FLAGS.instances_threshold,
+              "seed_threshold": FLAGS.seed_threshold}
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    if chosen:
         config = config.copy_and_resolve_references()
         with config.unlocked():
-            config.instances.mode = FLAGS.instances_mode
+            config.instances.update(chosen)
     labels = evaluation.predicted_instances(config, probs)
     if labels.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"{labels.max()} objects do not fit a 16-bit label image")

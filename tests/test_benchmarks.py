@@ -6,6 +6,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -94,3 +95,27 @@ def test_nuclei_figures_per_kind_are_the_means_and_sums_of_their_own_images():
     assert out["fluorescence"] == {"images": 2, "dsb_map": 0.5, "n_pred": 15, "n_true": 17}
     assert out["brightfield"] == {"images": 2, "dsb_map": 0.15, "n_pred": 39, "n_true": 11}
     assert out["overall"] == {"images": 4, "dsb_map": 0.325, "n_pred": 54, "n_true": 28}
+
+
+def test_the_threshold_sweep_scores_each_pair_against_the_truth():
+    """Two nuclei whose interiors touch through a saddle of 0.65: the seed threshold 0.6 finds
+    one object (AP 0: IoU < 0.5 with both), 0.7 finds both (each matched at IoU > 0.5)."""
+    from benchmarks import instance_thresholds
+
+    yy, xx = np.mgrid[:40, :64]
+    near = np.minimum(np.hypot(yy - 20, xx - 16), np.hypot(yy - 20, xx - 46))
+    truth = np.where(np.hypot(yy - 20, xx - 16) <= 11, 1, 0) + np.where(np.hypot(yy - 20, xx - 46) <= 11, 2, 0)
+    fg = np.where(near <= 11, 0.95, 0.05)
+    interior = np.where(near < 8, 0.9, 0.0)
+    interior[(np.abs(yy - 20) <= 1) & (near >= 8)] = 0.65  # a bridge joins the interiors
+    fg = np.maximum(fg, interior)
+    probs = np.stack([1 - fg, interior, fg - interior], -1)
+    rows = instance_thresholds.image_rows(probs, truth, [(0.5, 0.6), (0.5, 0.7)], min_size=8)
+    assert [r["n_pred"] for r in rows] == [1, 2] and [r["n_true"] for r in rows] == [2, 2]
+    assert rows[0]["ap@0.5"] == 0.0 and rows[1]["ap@0.5"] == 1.0
+    assert instance_thresholds.settings(["threshold=0.8", "seed_threshold=0.7", "min_size=5"]) == {
+        "threshold": 0.8, "seed_threshold": 0.7, "min_size": 5}
+    with pytest.raises(ValueError, match="--instances mode=components: expected threshold="):
+        instance_thresholds.settings(["mode=components"])
+    with pytest.raises(ValueError, match="'high' is not a number"):
+        instance_thresholds.settings(["threshold=high"])

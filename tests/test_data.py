@@ -216,6 +216,23 @@ def test_loader_deterministic_with_a_new_order_every_epoch():
     assert other != first[:12]
 
 
+def test_oversampled_images_come_that_many_times_an_epoch():
+    """Examples 1 and 4 named 3 times: every epoch of 6 + 2 * 2 = 10 draws holds each of them 3
+    times and the rest once (counted from the tiles, which carry their example's id)."""
+    names = [f"img{i}" for i in range(6)]
+    epoch = loader.repeated_indices(names, {"img1": 3, "img4": 3})
+    np.testing.assert_array_equal(np.bincount(epoch), [1, 3, 1, 1, 3, 1])
+    it = iter(loader.make_train_loader(_id_source(6), loader.TileConfig(out_size=8), 5, seed=2, epoch=epoch))
+    seen = _ids(it, 4)  # two epochs
+    for part in (seen[:10], seen[10:]):
+        np.testing.assert_array_equal(np.bincount(part, minlength=6), [1, 3, 1, 1, 3, 1])
+    assert seen[:10] != seen[10:]
+    with pytest.raises(ValueError, match="no training image named 'img9'"):
+        loader.repeated_indices(names, {"img9": 2})
+    with pytest.raises(ValueError, match="whole number >= 1 for 'img1'"):
+        loader.repeated_indices(names, {"img1": 0})
+
+
 @pytest.mark.parametrize("processes", [2, 3])
 def test_processes_share_out_the_global_batches_of_one_process(processes):
     """Any number of processes sees the same global batches as one process (tiles included):

@@ -133,6 +133,19 @@ def test_predict_cli_writes_masks_probabilities_and_overlays(trained, tmp_path):
     assert (tmp_path / "out" / "a_overlay.png").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "a_instances.tif", "a_mask.png", "a_overlay.png", "a_prob.tif"]
+    # a higher foreground threshold: the components of prob > 0.7 (at least 10 pixels)
+    proc = _predict_cli("--workdir", str(trained), "--input", str(inp), "--output", str(tmp_path / "out_07"),
+                        "--instances", "--instances_mode=components", "--instances_threshold=0.7")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.sum(prob[1] > 0.7) < np.sum(prob[1] > 0.5)  # the threshold matters here
+    ref = ndimage.label(prob[1] > 0.7)[0]
+    sizes = np.bincount(ref.ravel())
+    ref[np.isin(ref, np.nonzero(sizes < 10)[0])] = 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out_07" / "a_instances.tif") > 0, ref > 0)
+    proc = _predict_cli("--workdir", str(trained), "--input", str(inp), "--output", str(tmp_path / "out_bad"),
+                        "--instances", "--seed_threshold=1.5")
+    assert proc.returncode == 1 and "--seed_threshold must be in [0, 1), got 1.5" in proc.stderr
+    assert not (tmp_path / "out_bad").exists()
     # an image smaller than one tile is mirror-padded, not refused
     proc = _predict_cli("--workdir", str(trained), "--input", str(tmp_path / "tiny.png"), "--output",
                         str(tmp_path / "out_tiny"))

@@ -40,6 +40,30 @@ def test_interior_mode_grows_interior_seeds_over_the_border_class():
         instances.from_probs(probs[..., :2], "interior")
 
 
+def test_interior_seed_and_foreground_thresholds():
+    """Two interior peaks (0.9) joined by a saddle of 0.65: seeds above 0.6 merge them into one
+    object, above 0.7 split them into two. The foreground threshold sets the outline: each
+    object then covers exactly the pixels whose foreground probability exceeds it (brute-force
+    count), so a higher threshold gives tighter objects."""
+    d_left = np.hypot(YY - 20, XX - 20)
+    d_right = np.hypot(YY - 20, XX - 42)
+    near = np.minimum(d_left, d_right)
+    fg = np.clip(1.0 - near / 16.0, 0.0, 1.0)  # 1 at the centres, 0.5 at radius 8
+    interior = np.where(near < 6, 0.9, 0.0)
+    interior[(np.abs(YY - 20) <= 2) & (XX > 20) & (XX < 42) & (near >= 6)] = 0.65  # the saddle
+    fg = np.maximum(fg, interior)  # interior + border
+    probs = np.stack([1 - fg, interior, fg - interior], -1)
+    assert instances.from_probs(probs, "interior", threshold=0.5, seed_threshold=0.6).max() == 1
+    for t in (0.5, 0.7):
+        labels = instances.from_probs(probs, "interior", threshold=t, seed_threshold=0.7)
+        assert labels.max() == 2
+        assert np.sum(labels > 0) == np.sum(fg > t)
+        assert set(np.unique(labels[(YY == 20) & (XX == 20)])) == {labels[20, 20]} != {labels[20, 42]}
+    assert np.sum(instances.from_probs(probs, "interior", threshold=0.7) > 0) < np.sum(fg > 0.5)
+    with pytest.raises(ValueError, match="seed_threshold must be in"):
+        instances.from_probs(probs, "interior", seed_threshold=1.5)
+
+
 def test_min_size_and_relabel_against_brute_force():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 9, (30, 30)) * (rng.uniform(size=(30, 30)) < 0.5)

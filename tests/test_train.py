@@ -299,7 +299,8 @@ def test_no_recompilation_per_step():
 
 
 @pytest.mark.parametrize("name,variant", [("isbi2012", "paper"), ("isbi2012", "cpu"), ("nuclei", None),
-                                          ("nuclei", "bright_objects"), ("wbc", "default"), ("wbc", "robust")])
+                                          ("nuclei", "grey"), ("nuclei", "bright_objects"), ("nuclei", "colour"),
+                                          ("nuclei", "colour_oversampled"), ("wbc", "default"), ("wbc", "robust")])
 def test_config_variants_only_override_fields_of_the_default(name, variant):
     """A misspelt field in a variant would be a silent no-op (ConfigDict adds it)."""
     import dataclasses
@@ -404,3 +405,22 @@ def test_bad_counts_and_datasets_end_the_cli_with_one_line(tfds_dir, tmp_path):
                                                              "built-in")):
         rc, out = _finish(_cli(tmp_path / flag.split("=")[0][9:], tfds_dir, flag))
         assert rc == 1 and out.strip().startswith(message) and len(out.strip().splitlines()) == 1, out[-2000:]
+
+
+def test_the_train_loader_oversamples_the_images_the_config_names():
+    """``data.oversample_names`` / ``data.oversample`` reach the loader through the examples'
+    stored names (bytes, as TFDS returns text): one epoch of 4 + 2 draws holds example 2 three
+    times; a name no training image has stops the run before it starts."""
+    config = tiny_config("")
+    config.batch_size = 6
+    config.data.tile_size = 8
+    source = [{**ex, "name": f"cell{i}".encode()} for i, ex in enumerate(
+        {"image": np.full((8, 8, 1), i, np.float32), "labels": np.zeros((8, 8), np.uint8),
+         "weights": np.ones((8, 8), np.float32)} for i in range(4))]
+    config.data.oversample_names = ("cell2",)
+    config.data.oversample = 3
+    batch = next(train._train_batches(config, source))
+    np.testing.assert_array_equal(np.bincount(batch["image"][:, 0, 0, 0].astype(int), minlength=4), [1, 1, 3, 1])
+    config.data.oversample_names = ("cell7",)
+    with pytest.raises(ValueError, match="no training image named 'cell7'"):
+        train._train_batches(config, source)

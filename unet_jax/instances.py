@@ -9,10 +9,12 @@ image (0 background, objects 1..N):
   ``1 - p`` plus the normalised negative distance, so boundaries follow low probability and
   necks between objects;
 - ``interior``: for a 3-class model (background / interior / border, as the 2018 Data Science
-  Bowl winners trained), the interior class's components are the seeds and grow over the
-  foreground (interior + border) by a watershed of the interior probability.
+  Bowl winners trained), the interior class's components (above ``seed_threshold``) are the
+  seeds and grow over the foreground (interior + border above ``threshold``) by a watershed of
+  the interior probability.
 
-Objects smaller than ``min_size`` pixels are removed in every mode.
+The foreground is the probability above ``threshold`` (0.5 by default) in every mode. Objects
+smaller than ``min_size`` pixels are removed in every mode.
 """
 from __future__ import annotations
 
@@ -64,24 +66,29 @@ def watershed(prob: np.ndarray, threshold: float = 0.5, min_distance: int = 4,
 
 
 def from_interior(interior: np.ndarray, foreground: np.ndarray, threshold: float = 0.5,
-                  min_size: int = 0) -> np.ndarray:
-    """3-class mode: components of ``interior > threshold`` grown over ``foreground > threshold``
-    (interior + border probability) along decreasing interior probability."""
+                  min_size: int = 0, seed_threshold: float | None = None) -> np.ndarray:
+    """3-class mode: components of ``interior > seed_threshold`` (default: ``threshold``) grown
+    over ``foreground > threshold`` (interior + border probability) along decreasing interior
+    probability. A higher seed threshold splits objects that touch; a higher ``threshold``
+    tightens their outlines."""
     from skimage.segmentation import watershed as flood
 
     interior, foreground = np.asarray(interior, np.float64), np.asarray(foreground, np.float64)
-    seeds = ndimage.label(interior > threshold)[0]
+    seeds = ndimage.label(interior > (threshold if seed_threshold is None else seed_threshold))[0]
     mask = (foreground > threshold) | (seeds > 0)
     return relabel(flood(1.0 - interior, seeds, mask=mask), min_size)
 
 
 def from_probs(probs: np.ndarray, mode: str = "watershed", min_size: int = 0, min_distance: int = 4,
-               threshold: float = 0.5) -> np.ndarray:
+               threshold: float = 0.5, seed_threshold: float | None = None) -> np.ndarray:
     """Instances of one image's class probabilities ``[H, W, K]``: the foreground is classes
     1..K-1 (``components`` / ``watershed``); ``interior`` needs K = 3 with class 1 the interior
-    and class 2 the border."""
+    and class 2 the border (``seed_threshold`` applies to it alone)."""
     if mode not in MODES:
         raise ValueError(f"instances mode must be one of {MODES}, got {mode!r}")
+    for name, t in (("threshold", threshold), ("seed_threshold", seed_threshold)):
+        if t is not None and not 0.0 <= t < 1.0:
+            raise ValueError(f"instances {name} must be in [0, 1), got {t!r}")
     probs = np.asarray(probs)
     fg = probs[..., 1:].sum(-1)
     if mode == "components":
@@ -91,4 +98,4 @@ def from_probs(probs: np.ndarray, mode: str = "watershed", min_size: int = 0, mi
     if probs.shape[-1] != 3:
         raise ValueError(f"instances mode 'interior' needs 3 classes (background, interior, border), "
                          f"the model has {probs.shape[-1]}")
-    return from_interior(probs[..., 1], fg, threshold, min_size)
+    return from_interior(probs[..., 1], fg, threshold, min_size, seed_threshold)

@@ -386,9 +386,16 @@ def _train_batches(config, source):
     tile = loader.TileConfig(out_size=tile_out, context=(tile_in - tile_out) // 2,
                              foreground_prob=config.data.foreground_prob, mirror=config.data.mirror)
     pcount = jax.process_count()
+    epoch = None
+    named = tuple(config.data.get("oversample_names", ()))
+    if named:  # each named image config.data.oversample times per epoch
+        times = config.data.get("oversample", 1)
+        names = [source[i]["name"] for i in range(len(source))]
+        epoch = loader.repeated_indices([n.decode() if isinstance(n, bytes) else str(n) for n in names],
+                                        {n: times for n in named})
     return iter(loader.make_train_loader(source, tile, config.batch_size // pcount, config.seed,
                                          jax.process_index(), pcount, num_threads=config.loader_threads,
-                                         workers=config.loader_workers))
+                                         workers=config.loader_workers, epoch=epoch))
 
 
 def _async_save(config) -> bool | None:

@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.to_grey = False  # nuclei_dsb / image_folder: colour images become grey (else kept as channels)
     d.contrast = "as_is"  # as_is | bright_objects: stretched, inverted where the background is bright
     d.held_out = ()  # nuclei_dsb / image_folder: image names held out as the split "held_out"
+    d.oversample_names = ()  # training images drawn data.oversample times per epoch (rare kinds)
+    d.oversample = 1
     d.tile_size = 128  # training tile (network output) size
     d.eval_tile_size = 256  # inference tile (input) size
     d.foreground_prob = 0.33  # tiles centred on foreground
@@ -65,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
     i.mode = "watershed"  # --instances, instance metrics): components | watershed | interior
     i.min_size = 10  # objects below this many pixels are dropped
     i.min_distance = 4  # watershed: seeds at least this far apart (pixels)
+    i.threshold = 0.5  # the foreground: probability above this
+    i.seed_threshold = ml_collections.config_dict.placeholder(float)  # interior: seeds (None: threshold)
 
     c.loss = "weighted_ce"  # ce | weighted_ce (paper) | dice_ce
     c.optim = o = ml_collections.ConfigDict()

@@ -115,6 +115,21 @@ class MemoryCache:
         return ex
 
 
+def repeated_indices(names, oversample: dict) -> np.ndarray:
+    """The examples of one epoch: each index ``i`` once, or ``oversample[names[i]]`` times, so
+    that rare kinds of image (a few brightfield images among many fluorescence ones) are drawn
+    as often as needed. A name in ``oversample`` that no example has is an error."""
+    names = list(names)
+    missing = sorted(set(oversample) - set(names))
+    if missing:
+        raise ValueError(f"data.oversample_names: no training image named {missing[0]!r} "
+                         f"({len(missing)} of {len(oversample)} names not found)")
+    for name, times in oversample.items():
+        if int(times) != times or times < 1:
+            raise ValueError(f"data.oversample: expected a whole number >= 1 for {name!r}, got {times!r}")
+    return np.repeat(np.arange(len(names)), [int(oversample.get(n, 1)) for n in names])
+
+
 @functools.lru_cache(maxsize=16)
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order of ``n`` examples in ``epoch``: a permutation keyed by (seed, epoch). (grain's
@@ -125,7 +140,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 def make_train_loader(source, tile: TileConfig, batch_size: int, seed: int, process_index: int = 0,
                       process_count: int = 1, num_threads: int = 2, prefetch: int = 4,
-                      workers: int = 0, cache_bytes: int = 2 ** 30):
+                      workers: int = 0, cache_bytes: int = 2 ** 30, epoch: np.ndarray | None = None):
     """An endless grain ``IterDataset`` of this process's share of each global batch.
 
     Every process walks the same shuffled stream of tiles (each tile's randomness keyed by its
@@ -148,16 +163,20 @@ def make_train_loader(source, tile: TileConfig, batch_size: int, seed: int, proc
       workers: > 0 moves loading into that many worker processes.
       cache_bytes: examples kept in memory after their first read (:class:`MemoryCache`), per
         process; 0 reads every example from ``source`` each time.
+      epoch: the example indices of one epoch (:func:`repeated_indices`), shuffled anew each
+        epoch; by default each example once.
     """
     if len(source) == 0:
         raise ValueError("the training split is empty")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    offset, n = process_index * batch_size, len(source)
+    offset = process_index * batch_size
+    epoch = np.arange(len(source)) if epoch is None else np.asarray(epoch)
+    n = len(epoch)
     if cache_bytes > 0:
         source = MemoryCache(source, max_bytes=cache_bytes)
     ds = (grain.MapDataset.range(n).repeat()
-          .map_with_index(lambda i, _: source[int(epoch_permutation(n, seed, i // n)[i % n])])
+          .map_with_index(lambda i, _: source[int(epoch[epoch_permutation(n, seed, i // n)[i % n]])])
           .random_map(lambda ex, rng: random_tile(ex, rng, tile), seed=seed + 1)
           .batch(batch_size, drop_remainder=True)[process_index::process_count]
           .map(lambda b: {**b, "index": np.arange(offset, offset + batch_size, dtype=np.int32)}))

@@ -1,0 +1,103 @@
+"""The interior mode's two thresholds for a nuclei model, chosen on its training images: DSB 2018
+mean AP (fluorescence / brightfield / all, as :mod:`benchmarks.nuclei_modalities` groups them)
+for each pair of foreground threshold (``instances.threshold``) and seed threshold
+(``instances.seed_threshold``). One JSON line per pair, then the best pair by the mean over all
+training images. The held-out images are not looked at: the pair chosen here goes into the
+config, and the held-out figures are then measured with it.
+
+    python -m benchmarks.instance_thresholds --data_dir ../shared/data/dsb2018_train --model runs/nuclei
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import itertools
+import multiprocessing
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import jsonl, nuclei_modalities
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
+
+
+def settings(items) -> dict:
+    """``["threshold=0.8", "seed_threshold=0.7"]`` (a CLI's ``--instances``) as a dict to update
+    ``config.instances`` with; other keys or values are a one-line error."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in ("threshold", "seed_threshold", "min_size"):
+            raise ValueError(f"--instances {item}: expected threshold=, seed_threshold= or min_size=")
+        try:
+            out[key] = int(value) if key == "min_size" else float(value)
+        except ValueError:
+            raise ValueError(f"--instances {item}: {value!r} is not a number") from None
+    return out
+
+
+def image_rows(probs: np.ndarray, truth: np.ndarray, pairs, min_size: int) -> list[dict]:
+    """One image's instance metrics for each (threshold, seed threshold) pair."""
+    from unet_jax import instances, metrics
+
+    probs = probs.astype(np.float32)
+    return [metrics.instance_metrics(truth, instances.from_probs(probs, "interior", min_size, threshold=t,
+                                                                 seed_threshold=s))
+            for t, s in pairs]
+
+
+def sweep(spec: str, data_dir: str, thresholds=THRESHOLDS, workers: int = 1) -> list[dict]:
+    """{"threshold", "seed_threshold", per-kind figures} for every pair, over the training images
+    (those the model's config does not hold out) of ``data_dir``."""
+    from unet_jax import inference, pretrained
+    from unet_jax.data import builders
+
+    run = pretrained.resolve(spec)
+    config = run.config.copy_and_resolve_references()
+    if config.instances.mode != "interior" or config.model.num_classes != 3:
+        raise ValueError(f"{spec}: needs a 3-class model with instances.mode 'interior'")
+    held_out = set(config.data.get("held_out") or ())
+    with config.unlocked():
+        config.data.data_dir = data_dir
+        config.data.tfds_dir = os.path.join(tempfile.gettempdir(), "unet_jax_nuclei_modalities_tfds")
+    train, _ = builders.load_train_eval(config)
+    names = sorted(d.name for d in Path(data_dir).iterdir() if (d / "images").is_dir() and d.name not in held_out)
+    assert len(names) == len(train), (len(names), len(train))
+    pairs = list(itertools.product(thresholds, thresholds))
+    min_size = config.instances.get("min_size", 0)
+    context = multiprocessing.get_context("spawn")  # no fork of a process running JAX
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = []
+        for i in range(len(train)):
+            ex = train[i]
+            probs = inference.predict_probs(config, run.predict, ex["image"], False)
+            futures.append(pool.submit(image_rows, probs.astype(np.float16), ex["instances"], pairs, min_size))
+        per_image = [f.result() for f in futures]
+    kinds = nuclei_modalities.kinds(data_dir, names)
+    return [{"threshold": t, "seed_threshold": s,
+             **nuclei_modalities.per_kind([rows[j] for rows in per_image], kinds)}
+            for j, (t, s) in enumerate(pairs)]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data_dir", required=True, help="the DSB 2018 training folder")
+    p.add_argument("--model", required=True, help="a shipped name, a workdir or a model folder")
+    p.add_argument("--output", default="", help="also append the JSON lines to this file")
+    a = p.parse_args(argv)
+
+    from unet_jax import runtime
+
+    runtime.setup(0)
+    out = jsonl.Lines(a.output, benchmark="instance_thresholds", model=a.model, split="train")
+    lines = [out.emit(line) for line in sweep(a.model, a.data_dir, workers=len(os.sched_getaffinity(0)))]
+    best = max(lines, key=lambda line: line["overall"]["dsb_map"])
+    out.emit({"best": {"threshold": best["threshold"], "seed_threshold": best["seed_threshold"]},
+              "chosen_by": "overall dsb_map on the training images"})
+
+
+if __name__ == "__main__":
+    main()
