@@ -14,8 +14,6 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -52,20 +50,12 @@ def image_rows(probs: np.ndarray, truth: np.ndarray, pairs, min_size: int) -> li
 def sweep(spec: str, data_dir: str, thresholds=THRESHOLDS, workers: int = 1) -> list[dict]:
     """{"threshold", "seed_threshold", per-kind figures} for every pair, over the training images
     (those the model's config does not hold out) of ``data_dir``."""
-    from unet_jax import inference, pretrained
-    from unet_jax.data import builders
+    from unet_jax import inference
 
-    run = pretrained.resolve(spec)
-    config = run.config.copy_and_resolve_references()
+    run, config, splits = nuclei_modalities.load(spec, data_dir)
     if config.instances.mode != "interior" or config.model.num_classes != 3:
         raise ValueError(f"{spec}: needs a 3-class model with instances.mode 'interior'")
-    held_out = set(config.data.get("held_out") or ())
-    with config.unlocked():
-        config.data.data_dir = data_dir
-        config.data.tfds_dir = os.path.join(tempfile.gettempdir(), "unet_jax_nuclei_modalities_tfds")
-    train, _ = builders.load_train_eval(config)
-    names = sorted(d.name for d in Path(data_dir).iterdir() if (d / "images").is_dir() and d.name not in held_out)
-    assert len(names) == len(train), (len(names), len(train))
+    train, names = splits["train"]
     pairs = list(itertools.product(thresholds, thresholds))
     min_size = config.instances.get("min_size", 0)
     context = multiprocessing.get_context("spawn")  # no fork of a process running JAX

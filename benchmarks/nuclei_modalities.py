@@ -43,10 +43,11 @@ def per_kind(rows: list[dict], kinds: list[str]) -> dict:
             for g, idx in groups.items() if idx}
 
 
-def evaluate(spec: str, data_dir: str, split: str = "held_out") -> tuple[list[str], dict]:
-    """(held-out names, JSON line) of one model (a shipped name, a workdir or a model folder) on
-    its held-out images or (``split="train"``) its training images."""
-    from unet_jax import evaluation, pretrained
+def load(spec: str, data_dir: str):
+    """(run, config, {split: (source, names)}) of one model (a shipped name, a workdir or a model
+    folder) on ``data_dir``: its held-out images, named in its config, and its training images,
+    the other sample folders in the builder's order (sorted by name)."""
+    from unet_jax import pretrained
     from unet_jax.data import builders
 
     run = pretrained.resolve(spec)
@@ -58,13 +59,22 @@ def evaluate(spec: str, data_dir: str, split: str = "held_out") -> tuple[list[st
         config.data.data_dir = data_dir
         config.data.tfds_dir = os.path.join(tempfile.gettempdir(), "unet_jax_nuclei_modalities_tfds")
     train, held_out = builders.load_train_eval(config)
-    evaluated = names
-    if split == "train":  # the builder's order: sample folders sorted by name
-        evaluated = sorted(d.name for d in Path(data_dir).iterdir() if (d / "images").is_dir() and d.name not in names)
-        assert len(evaluated) == len(train), (len(evaluated), len(train))
+    trained_on = sorted(d.name for d in Path(data_dir).iterdir() if (d / "images").is_dir() and d.name not in names)
+    assert len(trained_on) == len(train), (len(trained_on), len(train))
+    return run, config, {"train": (train, trained_on), "held_out": (held_out, names)}
+
+
+def evaluate(spec: str, data_dir: str, split: str = "held_out") -> tuple[list[str], dict]:
+    """(held-out names, JSON line) of one model (a shipped name, a workdir or a model folder) on
+    its held-out images or (``split="train"``) its training images."""
+    from unet_jax import evaluation
+
+    run, config, splits = load(spec, data_dir)
+    names = splits["held_out"][1]
+    source, evaluated = splits[split]
     rows: list[dict] = []
-    evaluation.evaluate(config, run.predict, train if split == "train" else held_out, warping=False,
-                        workers=len(os.sched_getaffinity(0)), rows_out=rows)
+    evaluation.evaluate(config, run.predict, source, warping=False, workers=len(os.sched_getaffinity(0)),
+                        rows_out=rows)
     kind_of = kinds(data_dir, evaluated)
     figures = per_kind(rows, kind_of)
     met = {g: figures[g]["dsb_map"] >= t for g, t in TARGETS.items() if g in figures}
