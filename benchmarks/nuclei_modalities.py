@@ -64,23 +64,24 @@ def load(spec: str, data_dir: str):
     return run, config, {"train": (train, trained_on), "held_out": (held_out, names)}
 
 
-def evaluate(spec: str, data_dir: str, split: str = "held_out") -> tuple[list[str], dict]:
+def evaluate(spec: str, data_dir: str, split: str = "held_out", tta: bool = False) -> tuple[list[str], dict]:
     """(held-out names, JSON line) of one model (a shipped name, a workdir or a model folder) on
-    its held-out images or (``split="train"``) its training images."""
+    its held-out images or (``split="train"``) its training images; ``tta`` averages the
+    probabilities over the 8 flips / rotations before the objects are cut."""
     from unet_jax import evaluation
 
     run, config, splits = load(spec, data_dir)
     names = splits["held_out"][1]
     source, evaluated = splits[split]
     rows: list[dict] = []
-    evaluation.evaluate(config, run.predict, source, warping=False, workers=len(os.sched_getaffinity(0)),
-                        rows_out=rows)
+    evaluation.evaluate(config, run.predict, source, tta=tta, warping=False,
+                        workers=len(os.sched_getaffinity(0)), rows_out=rows)
     kind_of = kinds(data_dir, evaluated)
     figures = per_kind(rows, kind_of)
     met = {g: figures[g]["dsb_map"] >= t for g, t in TARGETS.items() if g in figures}
     recipe = {"contrast": config.data.get("contrast", "as_is"), "depth": config.model.depth,
               "features": config.model.features, "zoom": config.augment.get("scale", 0.0), "step": run.step}
-    return names, {"split": split, **recipe, "kinds": {k: kind_of.count(k) for k in sorted(set(kind_of))}, **figures,
+    return names, {"split": split, "tta": tta, **recipe, "kinds": {k: kind_of.count(k) for k in sorted(set(kind_of))}, **figures,
                    **({"targets": TARGETS, "targets_met": met} if split == "held_out" else {})}
 
 
@@ -89,6 +90,7 @@ def main(argv=None):
     p.add_argument("--data_dir", required=True, help="the DSB 2018 training folder")
     p.add_argument("--model", action="append", required=True, help="LABEL=shipped name | workdir | folder")
     p.add_argument("--split", choices=("held_out", "train"), default="held_out")
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips / rotations")
     p.add_argument("--output", default="", help="also append the JSON lines to this file")
     a = p.parse_args(argv)
 
@@ -99,7 +101,7 @@ def main(argv=None):
     first = None
     for item in a.model:
         label, _, spec = item.rpartition("=")
-        names, line = evaluate(spec, a.data_dir, a.split)
+        names, line = evaluate(spec, a.data_dir, a.split, a.tta)
         if first is not None and names != first:
             raise SystemExit(f"--model {item}: holds out other images than the first model")
         first = names

@@ -12,6 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from tests.helpers import tiny_config
 from unet_jax.data import augment, builders, loader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,6 +176,37 @@ def test_bright_objects_stretches_each_channel_and_inverts_only_bright_backgroun
     assert image.shape == (48, 64, 1) and image[12, 14, 0] > 0.8
     with pytest.raises(ValueError, match=r"data.contrast must be one of \('as_is', 'bright_objects'\), got 'dark'"):
         builders.model_input(np.zeros((4, 4), np.uint8), "x.png", 1, contrast="dark")
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_interior_border_targets_equal_a_brute_force_distance_to_the_nearest_edge(width):
+    rng = np.random.default_rng(width)
+    inst = np.zeros((24, 28), np.int32)
+    inst[3:12, 2:14] = 1
+    inst[3:12, 14:20] = 2  # touches object 1
+    inst[14:22, 5:25] = 3
+    inst[16:19, 9:12] = 0  # a hole
+    inst[rng.random(inst.shape) < 0.02] = 0
+    # edge pixels: an object's pixels with a 4-neighbour (inside the image) of another label
+    edge = np.zeros(inst.shape, bool)
+    for y, x in zip(*np.nonzero(inst)):
+        edge[y, x] = any(0 <= y + dy < 24 and 0 <= x + dx < 28 and inst[y + dy, x + dx] != inst[y, x]
+                         for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)))
+    ey, ex = np.nonzero(edge)
+    expected = np.zeros(inst.shape, np.uint8)
+    for y, x in zip(*np.nonzero(inst)):  # border: within width - 1 city-block steps of an edge pixel
+        expected[y, x] = 2 if (np.abs(ey - y) + np.abs(ex - x)).min() <= width - 1 else 1
+    np.testing.assert_array_equal(builders.interior_border(inst, width), expected)
+    assert (expected == 1).any()
+    config = builders.CellsConfig(name="x", num_classes=3, targets="interior_border", border_width=width)
+    example = builders.make_example(np.zeros(inst.shape), (inst > 0).astype(np.uint8), inst, "x", config)
+    np.testing.assert_array_equal(example["labels"], expected)  # what a prepared dataset holds
+    run = tiny_config("")
+    with run.unlocked():
+        run.data.border_width = width
+    assert builders.dataset_options(run, "nuclei_dsb").get("border_width", 1) == width  # its own name
+    with pytest.raises(ValueError, match=r"data.border_width must be a whole number >= 1, got 0"):
+        builders.interior_border(inst, 0)
 
 
 def test_images_named_in_held_out_form_their_own_split_and_an_unknown_name_is_named(tmp_path):

@@ -110,6 +110,31 @@ def test_resume_ends_with_the_uninterrupted_parameters(reference, tfds_dir, tmp_
     _assert_bitwise_equal(_params(tmp_path)[0], _params(reference)[0])
 
 
+def test_fine_tuning_starts_from_the_named_model_and_one_that_does_not_fit_is_named(reference, tfds_dir,
+                                                                                      tmp_path):
+    # with a learning rate of 0 a whole fine-tuning run keeps the parameters it started from
+    rc, out = _finish(_cli(tmp_path / "tuned", tfds_dir, f"--config.init_from={reference}",
+                           "--config.optim.learning_rate=0"))
+    assert rc == 0, out[-2000:]
+    source = evaluation.load_trained(reference, step=STEPS).variables
+    chex.assert_trees_all_equal(_params(tmp_path / "tuned")[0].params, source["params"])
+    fresh = train.create_state(tiny_config(str(tfds_dir)), jax.random.key(0, impl="rbg"))
+    assert not np.array_equal(fresh.params["down_0"]["Conv_0"]["kernel"],
+                              source["params"]["down_0"]["Conv_0"]["kernel"])  # not the initial weights
+    started = train.init_from(fresh, str(reference), tiny_config("").model)
+    chex.assert_trees_all_equal(started.params, source["params"])
+    chex.assert_trees_all_equal(started.batch_stats, source["batch_stats"])
+    chex.assert_trees_all_equal(started.opt_state, fresh.tx.init(source["params"]))  # a fresh optimiser
+    wider = tiny_config("")
+    wider.model.features = 8
+    state = train.create_state(wider, jax.random.key(0, impl="rbg"))
+    with pytest.raises(ValueError, match=r"init_from '.*reference.*': its model \(in_channels=1, num_classes=2, "
+                                         r"features=4, .*\) does not fit config.model \(.*features=8"):
+        train.init_from(state, str(reference), wider.model)
+    with pytest.raises(ValueError, match=r"model 'no_such_model' is neither a shipped model \(.*nuclei"):
+        train.init_from(state, "no_such_model", wider.model)
+
+
 def test_sigkill_at_a_random_step_then_restart(reference, tfds_dir, tmp_path):
     proc = _cli(tmp_path, tfds_dir, step_delay=0.4)
     ckdir = tmp_path / "checkpoints"
@@ -300,7 +325,8 @@ def test_no_recompilation_per_step():
 
 @pytest.mark.parametrize("name,variant", [("isbi2012", "paper"), ("isbi2012", "cpu"), ("nuclei", None),
                                           ("nuclei", "grey"), ("nuclei", "bright_objects"), ("nuclei", "colour"),
-                                          ("nuclei", "colour_oversampled"), ("wbc", "default"), ("wbc", "robust")])
+                                          ("nuclei", "colour_oversampled"), ("nuclei", "fine_tune"),
+                                          ("wbc", "default"), ("wbc", "robust")])
 def test_config_variants_only_override_fields_of_the_default(name, variant):
     """A misspelt field in a variant would be a silent no-op (ConfigDict adds it)."""
     import dataclasses

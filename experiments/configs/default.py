@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.mask_kind = "auto"  # image_folder: auto | classes | binary | instances
     d.mask_values = ()  # image_folder: mask value (or RGB colour) of each class, e.g. (0, 128, 255)
     d.targets = "classes"  # with instance masks: classes | interior_border (3 classes, DSB 2018 style)
+    d.border_width = 1  # interior_border: border pixels counted inwards from each object's edge
     d.to_grey = False  # nuclei_dsb / image_folder: colour images become grey (else kept as channels)
     d.contrast = "as_is"  # as_is | bright_objects: stretched, inverted where the background is bright
     d.held_out = ()  # nuclei_dsb / image_folder: image names held out as the split "held_out"
@@ -70,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     i.threshold = 0.5  # the foreground: probability above this
     i.seed_threshold = ml_collections.config_dict.placeholder(float)  # interior: seeds (None: threshold)
 
+    c.init_from = ""  # fine-tuning: start from a shipped model, a workdir or a model folder
     c.loss = "weighted_ce"  # ce | weighted_ce (paper) | dice_ce
     c.optim = o = ml_collections.ConfigDict()
     o.name = "adam"  # sgd | adam | adamw

@@ -48,13 +48,13 @@ def make_example(image, labels, instances, name: str, config: "CellsConfig", kno
     """Assembles one example; the weight map (``config``'s w0, sigma, class_balance) comes from
     the instances (or each class's connected components where instances are unknown). With
     ``config.targets == "interior_border"`` the labels are :func:`interior_border` of the
-    instances."""
+    instances (borders ``config.border_width`` pixels wide)."""
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
         image = image[..., None]
     k = config.num_classes
     if known and config.targets == "interior_border":
-        labels = interior_border(instances)
+        labels = interior_border(instances, config.border_width)
     inst = instances if known else class_components(labels)
     return {"image": image, "labels": labels.astype(np.uint8),
             "instances": (instances if known else np.zeros_like(labels)).astype(np.int32),
@@ -64,15 +64,22 @@ def make_example(image, labels, instances, name: str, config: "CellsConfig", kno
             "name": name}
 
 
-def interior_border(instances: np.ndarray) -> np.ndarray:
+def interior_border(instances: np.ndarray, width: int = 1) -> np.ndarray:
     """3-class targets of an instance map, as the 2018 Data Science Bowl winners trained: 0
-    background, 2 the pixels of an object next to the background or another object (its inner
-    border), 1 the rest of it (its interior). Touching objects then have separate interiors."""
+    background, 2 the pixels of an object within ``width`` pixels (city-block) of the background
+    or another object, counted from its inner border, 1 the rest of it (its interior). Touching
+    objects then have separate interiors, ``2 * width`` pixels apart."""
     from skimage.segmentation import find_boundaries
 
+    if int(width) != width or width < 1:
+        raise ValueError(f"data.border_width must be a whole number >= 1, got {width!r}")
     inst = np.asarray(instances)
+    border = find_boundaries(inst, mode="inner") & (inst > 0)
+    if width > 1:  # each pixel within width - 1 steps of the inner border, inside its own object
+        near = ndimage.binary_dilation(border, iterations=int(width) - 1)
+        border |= near & (inst > 0)
     out = (inst > 0).astype(np.uint8)
-    out[find_boundaries(inst, mode="inner") & (inst > 0)] = 2
+    out[border] = 2
     return out
 
 
@@ -202,6 +209,7 @@ class CellsConfig(tfds.core.BuilderConfig):
     mask_kind: str = "auto"  # image_folder: auto | classes | binary | instances
     mask_values: tuple = ()  # image_folder: the mask value (or RGB colour) of each class 0..K-1
     targets: str = "classes"  # with instances: "interior_border" trains 3 classes (see below)
+    border_width: int = 1  # interior_border: border pixels counted inwards
     contrast: str = "as_is"  # nuclei_dsb / image_folder: "bright_objects" (see bright_objects)
     held_out: tuple = ()  # nuclei_dsb / image_folder: these names form the "held_out" split
 
@@ -488,7 +496,8 @@ def dataset_options(config, dataset: str) -> dict:
         options["channels"] = config.model.in_channels
         if config.model.num_classes != 2:
             options["num_classes"] = config.model.num_classes
-        optional = [("targets", "classes"), ("to_grey", False), ("contrast", "as_is"), ("held_out", ())]
+        optional = [("targets", "classes"), ("border_width", 1), ("to_grey", False), ("contrast", "as_is"),
+                    ("held_out", ())]
         if dataset == "image_folder":
             optional += [("mask_suffix", ""), ("mask_kind", "auto"), ("mask_values", ())]
         for key, default in optional:
