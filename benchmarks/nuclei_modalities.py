@@ -81,8 +81,8 @@ def evaluate(spec: str, data_dir: str, split: str = "held_out", tta: bool = Fals
     met = {g: figures[g]["dsb_map"] >= t for g, t in TARGETS.items() if g in figures}
     recipe = {"contrast": config.data.get("contrast", "as_is"), "depth": config.model.depth,
               "features": config.model.features, "zoom": config.augment.get("scale", 0.0), "step": run.step}
-    return names, {"split": split, "tta": tta, **recipe, "kinds": {k: kind_of.count(k) for k in sorted(set(kind_of))}, **figures,
-                   **({"targets": TARGETS, "targets_met": met} if split == "held_out" else {})}
+    return names, {"split": split, "tta": tta, **recipe, "kinds": {k: kind_of.count(k) for k in sorted(set(kind_of))},
+                   **figures, **({"targets": TARGETS, "targets_met": met} if split == "held_out" else {})}
 
 
 def main(argv=None):

@@ -76,13 +76,11 @@ def main(argv=None):
         if spec in a.workdir:
             summary = json.loads(open(os.path.join(spec, "summary.json")).read())
             run = evaluation.load_trained(spec, step=summary["step"])  # the final step, as own_data_quality
-            steps = summary["step"]
         else:
-            run, steps = pretrained.resolve(spec), None
+            run = pretrained.resolve(spec)
             with run.config.unlocked():
                 run.config.data.data_dir = a.data_dir
                 run.config.data.tfds_dir = os.path.join(tempfile.gettempdir(), "unet_jax_pretrained_tfds")
-        steps = run.step if steps is None else steps
         with run.config.unlocked():
             run.config.instances.update(instance_thresholds.settings(a.instances))
         _, held_out = builders.load_train_eval(run.config)
@@ -94,7 +92,7 @@ def main(argv=None):
                  "restained_enlarged_scale_0.4": (Transformed(held_out, restain, ENLARGE), 1 / ENLARGE)}
         if run.config.model.in_channels != 3:  # grey models: no stains to change
             cases = {k: v for k, v in cases.items() if "restained" not in k}
-        line = {"benchmark": "stain_scale_proxy", "workdir": spec, "steps": steps,
+        line = {"benchmark": "stain_scale_proxy", "workdir": spec, "steps": run.step,
                 **({"instances": dict(run.config.instances)} if objects else {}),
                 "augment": {k: run.config.augment[k] for k in ("stain", "stain_shift", "scale")
                             if k in run.config.augment}}

@@ -121,18 +121,22 @@ def test_fine_tuning_starts_from_the_named_model_and_one_that_does_not_fit_is_na
     fresh = train.create_state(tiny_config(str(tfds_dir)), jax.random.key(0, impl="rbg"))
     assert not np.array_equal(fresh.params["down_0"]["Conv_0"]["kernel"],
                               source["params"]["down_0"]["Conv_0"]["kernel"])  # not the initial weights
-    started = train.init_from(fresh, str(reference), tiny_config("").model)
+    config = tiny_config("")
+    config.init_from = str(reference)
+    started = train.init_from(fresh, config)
     chex.assert_trees_all_equal(started.params, source["params"])
     chex.assert_trees_all_equal(started.batch_stats, source["batch_stats"])
     chex.assert_trees_all_equal(started.opt_state, fresh.tx.init(source["params"]))  # a fresh optimiser
     wider = tiny_config("")
     wider.model.features = 8
+    wider.init_from = str(reference)
     state = train.create_state(wider, jax.random.key(0, impl="rbg"))
     with pytest.raises(ValueError, match=r"init_from '.*reference.*': its model \(in_channels=1, num_classes=2, "
                                          r"features=4, .*\) does not fit config.model \(.*features=8"):
-        train.init_from(state, str(reference), wider.model)
+        train.init_from(state, wider)
+    wider.init_from = "no_such_model"
     with pytest.raises(ValueError, match=r"model 'no_such_model' is neither a shipped model \(.*nuclei"):
-        train.init_from(state, "no_such_model", wider.model)
+        train.init_from(state, wider)
 
 
 def test_sigkill_at_a_random_step_then_restart(reference, tfds_dir, tmp_path):

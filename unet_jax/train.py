@@ -87,35 +87,32 @@ def create_state(config, rng) -> TrainState:
                              tx=create_optimizer(config), batch_stats=variables.get("batch_stats"))
 
 
-def init_from(state: TrainState, spec: str, model) -> TrainState:
-    """``state`` with the parameters and batch statistics of the trained model ``spec`` (a
-    shipped name, a workdir, a model folder: :func:`unet_jax.pretrained.resolve`) and a fresh
-    optimiser state: fine-tuning starts from what that model learned, not from random weights.
+def init_from(state: TrainState, config) -> TrainState:
+    """``state`` with the parameters and batch statistics of the trained model
+    ``config.init_from`` (a shipped name, a workdir, a model folder:
+    :func:`unet_jax.pretrained.resolve`) and a fresh optimiser state: fine-tuning starts from
+    what that model learned, not from random weights.
 
     Raises:
-      ValueError: one line naming ``spec``: no JAX variables (an ONNX package), or variables of
-        other shapes than ``model`` (the run's config.model) makes, with both models' settings.
+      ValueError: one line naming the model: no JAX variables (an ONNX package), or variables
+        that do not fit ``config.model`` (:func:`unet_jax.evaluation.trained_from`), with both
+        models' settings.
     """
     from unet_jax import pretrained  # reads shipped models: only runs that fine-tune need it
 
+    spec = config.init_from
     run = pretrained.resolve(spec)
     if not isinstance(run.variables, dict) or "params" not in run.variables:
         raise ValueError(f"init_from {spec!r}: holds no JAX parameters to start from (an ONNX package?)")
-    mine = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-    theirs = {k: run.variables.get(k) for k in mine}
-    shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)  # noqa: E731
     try:
-        fits = shapes(theirs) == shapes(mine)
-    except (TypeError, ValueError):  # another tree structure
-        fits = False
-    if not fits:
+        variables = evaluation.trained_from(config, run.variables, run.step, spec, "config.model").variables
+    except ValueError:
         raise ValueError(f"init_from {spec!r}: its model ({_model_summary(run.config.model)}) does not fit "
-                         f"config.model ({_model_summary(model)})")
-    cast = lambda new, old: jax.tree.map(lambda n, o: jnp.asarray(n, o.dtype), new, old)  # noqa: E731
-    params = cast(theirs["params"], state.params)
+                         f"config.model ({_model_summary(config.model)})") from None
+    params = jax.tree.map(jnp.asarray, variables["params"])
     state = state.replace(params=params, opt_state=state.tx.init(params))
-    if "batch_stats" in mine:
-        state = state.replace(batch_stats=cast(theirs["batch_stats"], state.batch_stats))
+    if state.batch_stats:
+        state = state.replace(batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]))
     return state
 
 
@@ -298,7 +295,7 @@ def _train(config, workdir: Path, is_main: bool, signals: safety.StopSignals) ->
     base_rng = jax.random.key(config.seed, impl="rbg")
     state = create_state(config, jax.random.fold_in(base_rng, 1 << 20))
     if config.get("init_from"):
-        state = init_from(state, config.init_from, config.model)
+        state = init_from(state, config)
     ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
                                    best_metric="val_dice", best_mode="max",
                                    async_save=_async_save(config))

@@ -152,6 +152,5 @@ def get_config(variant: str = "colour"):
             c.time_budget_s = 0.0
     else:
         raise ValueError(f"nuclei config variants: colour (default), fine_tune, colour_oversampled, grey, "
-                         f"bright_objects; "
-                         f"got {variant!r}")
+                         f"bright_objects; got {variant!r}")
     return c

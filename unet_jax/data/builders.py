@@ -75,7 +75,7 @@ def interior_border(instances: np.ndarray, width: int = 1) -> np.ndarray:
         raise ValueError(f"data.border_width must be a whole number >= 1, got {width!r}")
     inst = np.asarray(instances)
     border = find_boundaries(inst, mode="inner") & (inst > 0)
-    if width > 1:  # each pixel within width - 1 steps of the inner border, inside its own object
+    if width > 1:  # every object pixel within width - 1 steps of an inner-border pixel
         near = ndimage.binary_dilation(border, iterations=int(width) - 1)
         border |= near & (inst > 0)
     out = (inst > 0).astype(np.uint8)
