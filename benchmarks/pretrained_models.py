@@ -48,8 +48,12 @@ FACTS = {
         "licence": "CC0 1.0; cite Caicedo et al. 2019",
         "command": "python -m experiments.unet_segment --workdir runs/nuclei_base "
                    "--config experiments/configs/nuclei.py --config.data.data_dir DATA/dsb2018_train  "
-                   "(7,000 steps, about 50 minutes on 2 CPU cores), then twice (runs/nuclei_ft1 from "
-                   "runs/nuclei_base, runs/nuclei from runs/nuclei_ft1; 3,000 steps, about 25 minutes each): "
+                   "(7,000 steps, about 50 minutes on 2 CPU cores), then four fine-tunings of 3,000 steps "
+                   "(about 25 minutes each), each started from the one before with --config.init_from: "
+                   "runs/nuclei_ft1 and runs/nuclei_ft2 with --config experiments/configs/nuclei.py:fine_tune, "
+                   "then runs/nuclei_bf1 and runs/nuclei with "
+                   "--config experiments/configs/nuclei.py:fine_tune_brightfield (the brightfield training "
+                   "images drawn 10 times an epoch; for runs/nuclei --config.data.oversample 20), e.g. "
                    "python -m experiments.unet_segment --workdir runs/nuclei_ft1 "
                    "--config experiments/configs/nuclei.py:fine_tune --config.init_from runs/nuclei_base "
                    "--config.data.data_dir DATA/dsb2018_train",
@@ -60,9 +64,8 @@ FACTS = {
                  "check its output there. Trained with stain jitter (haematoxylin / eosin x 0.7-1.3) and zoom "
                  "(x 0.82-1.22). Nuclei about 10-40 pixels across as in DSB 2018; others: --scale (0.5 for "
                  "nuclei twice that size). Objects: unet_predict --instances --tta (foreground above 0.8, seeded "
-                 "by interiors above 0.7; --instances_threshold and --seed_threshold change them); the "
-                 "figures below are with --tta, which on the training images adds 0.035 mean AP on "
-                 "brightfield and 0.006 on fluorescence",
+                 "by interiors above 0.7 of at least 8 pixels; --instances_threshold, --seed_threshold and "
+                 "--min_seed_size change them); the figures below are with --tta",
         "classes": "0 background, 1 nucleus interior, 2 nucleus border",
         "cite": "Caicedo et al. (2019). Nucleus segmentation across imaging experiments: the 2018 Data "
                 "Science Bowl. Nature Methods 16:1247-1253. doi:10.1038/s41592-019-0612-7",

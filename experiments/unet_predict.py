@@ -38,6 +38,8 @@ flags.DEFINE_float("instances_threshold", None, "Foreground probability above wh
                    "objects (default: the run's config.instances.threshold).")
 flags.DEFINE_float("seed_threshold", None, "Interior mode: interior probability above which pixels seed "
                    "objects; higher splits touching objects (default: config.instances.seed_threshold).")
+flags.DEFINE_integer("min_seed_size", None, "Interior mode: seeds below this many pixels are dropped, so "
+                     "specks do not split large objects (default: config.instances.min_seed_size).")
 
 
 def main(argv):
@@ -53,6 +55,8 @@ def main(argv):
             value = getattr(FLAGS, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"--{name} must be in [0, 1), got {value}")
+        if FLAGS.min_seed_size is not None and FLAGS.min_seed_size < 0:
+            raise ValueError(f"--min_seed_size must be >= 0, got {FLAGS.min_seed_size}")
         if FLAGS.tile_size < 0:
             raise ValueError(f"--tile_size must be >= 0 (0: the run's evaluation tile), got {FLAGS.tile_size}")
         src = Path(FLAGS.input)
@@ -93,7 +97,7 @@ def _instances(config, probs: np.ndarray) -> np.ndarray:
     from unet_jax import evaluation
 
     chosen = {"mode": FLAGS.instances_mode, "threshold": FLAGS.instances_threshold,
-              "seed_threshold": FLAGS.seed_threshold}
+              "seed_threshold": FLAGS.seed_threshold, "min_seed_size": FLAGS.min_seed_size}
     chosen = {k: v for k, v in chosen.items() if v is not None}
     if chosen:
         config = config.copy_and_resolve_references()

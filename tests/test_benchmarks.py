@@ -99,7 +99,8 @@ def test_nuclei_figures_per_kind_are_the_means_and_sums_of_their_own_images():
 
 def test_the_threshold_sweep_scores_each_pair_against_the_truth():
     """Two nuclei whose interiors touch through a saddle of 0.65: the seed threshold 0.6 finds
-    one object (AP 0: IoU < 0.5 with both), 0.7 finds both (each matched at IoU > 0.5)."""
+    one object (AP 0: IoU < 0.5 with both), 0.7 finds both (each matched at IoU > 0.5); seeds
+    of at least 300 pixels drop both interiors (about 200 pixels each), so nothing is found."""
     from benchmarks import instance_thresholds
 
     yy, xx = np.mgrid[:40, :64]
@@ -110,11 +111,13 @@ def test_the_threshold_sweep_scores_each_pair_against_the_truth():
     interior[(np.abs(yy - 20) <= 1) & (near >= 8)] = 0.65  # a bridge joins the interiors
     fg = np.maximum(fg, interior)
     probs = np.stack([1 - fg, interior, fg - interior], -1)
-    rows = instance_thresholds.image_rows(probs, truth, [(0.5, 0.6), (0.5, 0.7)], min_size=8)
-    assert [r["n_pred"] for r in rows] == [1, 2] and [r["n_true"] for r in rows] == [2, 2]
+    rows = instance_thresholds.image_rows(probs, truth, [(0.5, 0.6, 0), (0.5, 0.7, 0), (0.5, 0.7, 300)],
+                                          min_size=8)
+    assert [r["n_pred"] for r in rows] == [1, 2, 0] and [r["n_true"] for r in rows] == [2, 2, 2]
     assert rows[0]["ap@0.5"] == 0.0 and rows[1]["ap@0.5"] == 1.0
-    assert instance_thresholds.settings(["threshold=0.8", "seed_threshold=0.7", "min_size=5"]) == {
-        "threshold": 0.8, "seed_threshold": 0.7, "min_size": 5}
+    assert instance_thresholds.settings(["threshold=0.8", "seed_threshold=0.7", "min_size=5",
+                                         "min_seed_size=8"]) == {
+        "threshold": 0.8, "seed_threshold": 0.7, "min_size": 5, "min_seed_size": 8}
     with pytest.raises(ValueError, match="--instances mode=components: expected threshold="):
         instance_thresholds.settings(["mode=components"])
     with pytest.raises(ValueError, match="'high' is not a number"):

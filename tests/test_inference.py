@@ -145,6 +145,9 @@ def test_predict_cli_writes_masks_probabilities_and_overlays(trained, tmp_path):
     proc = _predict_cli("--workdir", str(trained), "--input", str(inp), "--output", str(tmp_path / "out_bad"),
                         "--instances", "--seed_threshold=1.5")
     assert proc.returncode == 1 and "--seed_threshold must be in [0, 1), got 1.5" in proc.stderr
+    proc = _predict_cli("--workdir", str(trained), "--input", str(inp), "--output", str(tmp_path / "out_bad"),
+                        "--instances", "--min_seed_size=-1")
+    assert proc.returncode == 1 and "--min_seed_size must be >= 0, got -1" in proc.stderr
     assert not (tmp_path / "out_bad").exists()
     # an image smaller than one tile is mirror-padded, not refused
     proc = _predict_cli("--workdir", str(trained), "--input", str(tmp_path / "tiny.png"), "--output",

@@ -64,6 +64,33 @@ def test_interior_seed_and_foreground_thresholds():
         instances.from_probs(probs, "interior", seed_threshold=1.5)
 
 
+def test_min_seed_size_drops_specks_of_interior():
+    """A large disc whose interior has a 4-pixel speck apart from its main seed: kept, the speck
+    splits the disc in two; dropped, the result equals the same image with the speck erased
+    from the interior (one object). A small disc seeded only by such a speck becomes background."""
+    from scipy import ndimage
+
+    disc = (YY - 20) ** 2 + (XX - 24) ** 2 <= 15 ** 2
+    small = (YY - 20) ** 2 + (XX - 54) ** 2 <= 4 ** 2
+    interior = ((YY - 20) ** 2 + (XX - 20) ** 2 <= 7 ** 2).astype(np.float64)
+    speck = (YY >= 19) & (YY <= 20) & (XX >= 33) & (XX <= 34)
+    interior[speck] = 0.9
+    interior[(YY >= 20) & (YY <= 21) & (XX >= 54) & (XX <= 55)] = 0.9
+    fg = (disc | small).astype(np.float64)
+    probs = np.stack([1 - fg, interior, fg - interior], -1)
+    kept = instances.from_probs(probs, "interior", seed_threshold=0.7)
+    assert kept.max() == 3 and len(np.unique(kept[disc])) == 2
+    dropped = instances.from_probs(probs, "interior", seed_threshold=0.7, min_seed_size=5)
+    erased = interior.copy()
+    erased[speck | small] = 0.0
+    ref = instances.from_interior(erased, fg, 0.5, seed_threshold=0.7)
+    np.testing.assert_array_equal(dropped, ref)
+    assert dropped.max() == 1 and np.all(dropped[disc] == 1) and not dropped[small].any()
+    assert ndimage.label(dropped)[1] == 1
+    with pytest.raises(ValueError, match="min_seed_size must be >= 0"):
+        instances.from_probs(probs, "interior", min_seed_size=-1)
+
+
 def test_min_size_and_relabel_against_brute_force():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 9, (30, 30)) * (rng.uniform(size=(30, 30)) < 0.5)

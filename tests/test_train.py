@@ -330,6 +330,7 @@ def test_no_recompilation_per_step():
 @pytest.mark.parametrize("name,variant", [("isbi2012", "paper"), ("isbi2012", "cpu"), ("nuclei", None),
                                           ("nuclei", "grey"), ("nuclei", "bright_objects"), ("nuclei", "colour"),
                                           ("nuclei", "colour_oversampled"), ("nuclei", "fine_tune"),
+                                          ("nuclei", "fine_tune_brightfield"),
                                           ("wbc", "default"), ("wbc", "robust")])
 def test_config_variants_only_override_fields_of_the_default(name, variant):
     """A misspelt field in a variant would be a silent no-op (ConfigDict adds it)."""

@@ -226,7 +226,8 @@ def _instance_fn(config) -> Callable:
     cfg = config.get("instances") or {}
     return functools.partial(instances.from_probs, mode=cfg.get("mode", "watershed"),
                              min_size=cfg.get("min_size", 0), min_distance=cfg.get("min_distance", 4),
-                             threshold=cfg.get("threshold", 0.5), seed_threshold=cfg.get("seed_threshold"))
+                             threshold=cfg.get("threshold", 0.5), seed_threshold=cfg.get("seed_threshold"),
+                             min_seed_size=cfg.get("min_seed_size", 0))
 
 
 def predicted_instances(config, probs: np.ndarray) -> np.ndarray:

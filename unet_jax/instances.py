@@ -11,7 +11,8 @@ image (0 background, objects 1..N):
 - ``interior``: for a 3-class model (background / interior / border, as the 2018 Data Science
   Bowl winners trained), the interior class's components (above ``seed_threshold``) are the
   seeds and grow over the foreground (interior + border above ``threshold``) by a watershed of
-  the interior probability.
+  the interior probability. Seeds smaller than ``min_seed_size`` pixels are dropped first: a
+  speck of interior inside a large nucleus would otherwise split it.
 
 The foreground is the probability above ``threshold`` (0.5 by default) in every mode. Objects
 smaller than ``min_size`` pixels are removed in every mode.
@@ -66,29 +67,36 @@ def watershed(prob: np.ndarray, threshold: float = 0.5, min_distance: int = 4,
 
 
 def from_interior(interior: np.ndarray, foreground: np.ndarray, threshold: float = 0.5,
-                  min_size: int = 0, seed_threshold: float | None = None) -> np.ndarray:
-    """3-class mode: components of ``interior > seed_threshold`` (default: ``threshold``) grown
-    over ``foreground > threshold`` (interior + border probability) along decreasing interior
-    probability. A higher seed threshold splits objects that touch; a higher ``threshold``
-    tightens their outlines."""
+                  min_size: int = 0, seed_threshold: float | None = None,
+                  min_seed_size: int = 0) -> np.ndarray:
+    """3-class mode: components of ``interior > seed_threshold`` (default: ``threshold``) of at
+    least ``min_seed_size`` pixels, grown over ``foreground > threshold`` (interior + border
+    probability) along decreasing interior probability. A higher seed threshold splits objects
+    that touch; a higher ``threshold`` tightens their outlines; a larger ``min_seed_size`` keeps
+    specks of interior from splitting a large object (foreground that no seed reaches stays
+    background)."""
     from skimage.segmentation import watershed as flood
 
     interior, foreground = np.asarray(interior, np.float64), np.asarray(foreground, np.float64)
     seeds = ndimage.label(interior > (threshold if seed_threshold is None else seed_threshold))[0]
+    seeds = relabel(seeds, min_seed_size)
     mask = (foreground > threshold) | (seeds > 0)
     return relabel(flood(1.0 - interior, seeds, mask=mask), min_size)
 
 
 def from_probs(probs: np.ndarray, mode: str = "watershed", min_size: int = 0, min_distance: int = 4,
-               threshold: float = 0.5, seed_threshold: float | None = None) -> np.ndarray:
+               threshold: float = 0.5, seed_threshold: float | None = None,
+               min_seed_size: int = 0) -> np.ndarray:
     """Instances of one image's class probabilities ``[H, W, K]``: the foreground is classes
     1..K-1 (``components`` / ``watershed``); ``interior`` needs K = 3 with class 1 the interior
-    and class 2 the border (``seed_threshold`` applies to it alone)."""
+    and class 2 the border (``seed_threshold`` and ``min_seed_size`` apply to it alone)."""
     if mode not in MODES:
         raise ValueError(f"instances mode must be one of {MODES}, got {mode!r}")
     for name, t in (("threshold", threshold), ("seed_threshold", seed_threshold)):
         if t is not None and not 0.0 <= t < 1.0:
             raise ValueError(f"instances {name} must be in [0, 1), got {t!r}")
+    if min_seed_size < 0:
+        raise ValueError(f"instances min_seed_size must be >= 0, got {min_seed_size!r}")
     probs = np.asarray(probs)
     fg = probs[..., 1:].sum(-1)
     if mode == "components":
@@ -98,4 +106,4 @@ def from_probs(probs: np.ndarray, mode: str = "watershed", min_size: int = 0, mi
     if probs.shape[-1] != 3:
         raise ValueError(f"instances mode 'interior' needs 3 classes (background, interior, border), "
                          f"the model has {probs.shape[-1]}")
-    return from_interior(probs[..., 1], fg, threshold, min_size, seed_threshold)
+    return from_interior(probs[..., 1], fg, threshold, min_size, seed_threshold, min_seed_size)

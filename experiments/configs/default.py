@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     i.min_distance = 4  # watershed: seeds at least this far apart (pixels)
     i.threshold = 0.5  # the foreground: probability above this
     i.seed_threshold = ml_collections.config_dict.placeholder(float)  # interior: seeds (None: threshold)
+    i.min_seed_size = 0  # interior: seeds below this many pixels are dropped
 
     c.init_from = ""  # fine-tuning: start from a shipped model, a workdir or a model folder
     c.loss = "weighted_ce"  # ce | weighted_ce (paper) | dice_ce
