@@ -22,6 +22,7 @@ import numpy as np
 from benchmarks import jsonl, nuclei_modalities
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
+SETTINGS = {"threshold": float, "seed_threshold": float, "min_size": int, "min_seed_size": int}
 
 
 def settings(items) -> dict:
@@ -30,24 +31,24 @@ def settings(items) -> dict:
     out = {}
     for item in items:
         key, _, value = item.partition("=")
-        if key not in ("threshold", "seed_threshold", "min_size", "min_seed_size"):
+        if key not in SETTINGS:
             raise ValueError(f"--instances {item}: expected threshold=, seed_threshold=, min_size= "
                              "or min_seed_size=")
         try:
-            out[key] = int(value) if key in ("min_size", "min_seed_size") else float(value)
+            out[key] = SETTINGS[key](value)
         except ValueError:
             raise ValueError(f"--instances {item}: {value!r} is not a number") from None
     return out
 
 
-def image_rows(probs: np.ndarray, truth: np.ndarray, settings, min_size: int) -> list[dict]:
+def image_rows(probs: np.ndarray, truth: np.ndarray, grid, min_size: int) -> list[dict]:
     """One image's instance metrics for each (threshold, seed threshold, smallest seed)."""
     from unet_jax import instances, metrics
 
     probs = probs.astype(np.float32)
     return [metrics.instance_metrics(truth, instances.from_probs(probs, "interior", min_size, threshold=t,
                                                                  seed_threshold=s, min_seed_size=m))
-            for t, s, m in settings]
+            for t, s, m in grid]
 
 
 def sweep(spec: str, data_dir: str, thresholds=THRESHOLDS, min_seed_sizes=(0,), tta: bool = False,

@@ -62,7 +62,8 @@ def main(argv=None):
     p.add_argument("--model", action="append", default=[], help="a shipped model's name or a model folder")
     p.add_argument("--data_dir", default="", help="with --model: the data it was trained on")
     p.add_argument("--instances", action="append", default=[],
-                   help="KEY=VALUE: the same instance setting for every model (threshold=, seed_threshold=)")
+                   help="KEY=VALUE: the same instance setting for every model (threshold=, seed_threshold=, "
+                        "min_size=, min_seed_size=)")
     p.add_argument("--output", default="", help="also append the JSON lines to this file")
     a = p.parse_args(argv)
     if not a.workdir and not a.model:

@@ -162,6 +162,6 @@ def get_config(variant: str = "colour"):
             c.num_steps = 4000
             c.time_budget_s = 0.0
     else:
-        raise ValueError(f"nuclei config variants: colour (default), fine_tune, colour_oversampled, grey, "
-                         f"bright_objects; got {variant!r}")
+        raise ValueError(f"nuclei config variants: colour (default), fine_tune, fine_tune_brightfield, "
+                         f"colour_oversampled, grey, bright_objects; got {variant!r}")
     return c
